@@ -1,0 +1,49 @@
+# securetransport: `make run` serves etc/securetransport.toml; `make test` runs every test.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CONFIG ?= etc/securetransport.toml
+DEMO   ?= demo
+
+.PHONY: run test install lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $@
+
+install: $(VENV)/.installed
+
+var/pki/server.crt: | $(VENV)/.installed
+	$(BIN)/securetransport pki init var/pki --user $(DEMO)
+
+var/demo-password: | $(VENV)/.installed var/pki/server.crt
+	@mkdir -p var
+	@umask 077; $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(12))" > var/demo-password
+	@$(BIN)/securetransport --config $(CONFIG) users add $(DEMO) --password-stdin \
+		--certificate var/pki/$(DEMO).crt < var/demo-password
+	@echo "created account '$(DEMO)'"
+
+run: install var/pki/server.crt var/demo-password
+	@$(BIN)/securetransport --config $(CONFIG) check
+	@echo "account: $(DEMO)   password: $$(cat var/demo-password)"
+	@echo "  lftp -u $(DEMO) -e 'set ssl:ca-file var/pki/ca.crt; ls; bye' ftp://127.0.0.1:2121"
+	@echo "  curl --ssl-reqd --cacert var/pki/ca.crt -u $(DEMO):$$(cat var/demo-password) ftp://127.0.0.1:2121/"
+	@echo "  curl --cacert var/pki/ca.crt --cert var/pki/$(DEMO).crt --key var/pki/$(DEMO).key -u $(DEMO): ftps://127.0.0.1:2990/"
+	$(BIN)/twistd -n --pidfile= securetransport --config $(CONFIG)
+
+test: install
+	$(BIN)/python -m pytest -q -p no:randomly
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf build dist *.egg-info _trial_temp* .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,84 @@
+"""The audit log (JSON lines) and the xferlog (wu-ftpd format, as vsftpd and ProFTPD write)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from twisted.logger import Logger
+
+log = Logger(namespace="securetransport.audit")
+
+
+class _ReopenableFile:
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+        self.reopen()
+
+    def reopen(self) -> None:
+        """Close and open again (SIGHUP after log rotation)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._file = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
+
+    def write_line(self, line: str) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.write(line + "\n")
+        except OSError as error:
+            log.error("cannot write {path}: {error}", path=self.path, error=error)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class AuditLog(_ReopenableFile):
+    """One JSON object a line: sessions, TLS, logins, transfers."""
+
+    def __init__(self, path: Path | None, clock: Any = time) -> None:
+        self.clock = clock
+        super().__init__(path)
+
+    def event(self, event: str, **fields: Any) -> None:
+        record = {"time": _iso(self.clock.time()), "event": event, **fields}
+        self.write_line(json.dumps(record, default=str, ensure_ascii=False, sort_keys=False))
+
+
+class XferLog(_ReopenableFile):
+    """The xferlog line per transfer (`man 5 xferlog`)."""
+
+    def transfer(
+        self,
+        *,
+        seconds: float,
+        host: str,
+        size: int,
+        path: str,
+        binary: bool,
+        direction: str,  # "o" outgoing (RETR) or "i" incoming (STOR)
+        user: str,
+        completed: bool,
+        now: float | None = None,
+    ) -> None:
+        stamp = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(now if now is not None else time.time()))
+        name = path.replace(" ", "_")
+        self.write_line(
+            f"{stamp} {max(1, round(seconds))} {host} {size} {name} {'b' if binary else 'a'} _ "
+            f"{direction} r {user} ftp 0 * {'c' if completed else 'i'}"
+        )
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + f".{int(timestamp % 1 * 1000):03d}Z"

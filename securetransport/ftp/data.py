@@ -1,0 +1,419 @@
+"""Data connections: passive and active set-up, TLS on accept, sending and receiving files.
+
+A session owns at most one `DataChannel` set-up at a time (PASV/EPSV or PORT/EPRT).
+The channel yields one `DataConnection`, which is ready when connected (clear) or
+when its TLS handshake has completed and the TLS session was checked against the
+control connection's (protected).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import error as netError
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IListeningPort
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from securetransport.client import normalize_address
+from securetransport.replies import Reply
+from securetransport.vfs import FilesystemError, IReadHandle, IUpload
+
+log = Logger(namespace="securetransport.ftp.data")
+
+SEND_CHUNK = 256 * 1024
+RECEIVE_BUFFER_LIMIT = 1024 * 1024
+
+
+class DataError(Exception):
+    """A data connection could not be used; `code` is the reply for the transfer command."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"{code} {text}")
+        self.code = code
+        self.text = text
+
+
+class DataTLS:
+    """What a data connection needs to start TLS and to check it belongs to this session."""
+
+    def __init__(
+        self,
+        creator: Any,
+        check: Callable[[Any], str | None],
+    ) -> None:
+        self.creator = creator  # IOpenSSLServerConnectionCreator over the session's Context
+        self.check = check  # SSL.Connection -> None, or the text of a 522
+
+
+def clean_close(reason: Failure) -> bool:
+    """True when the peer closed cleanly (FIN in clear, close_notify under TLS)."""
+    return reason.check(netError.ConnectionDone) is not None
+
+
+@implementer(IHandshakeListener)
+class DataConnection(Protocol):
+    """One data connection; starts TLS at once when the session protects data."""
+
+    def __init__(self, tls: DataTLS | None, server_side: bool) -> None:
+        self.tls = tls
+        self.server_side = server_side
+        self.closed: Deferred[Failure] = Deferred()
+        self.is_ready = False
+        self.settled = False  # ready, or failed before becoming ready
+        self.error: DataError | None = None
+        self._observer: Callable[[DataError | None], None] | None = None
+        self.lost_reason: Failure | None = None
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._on_data: Callable[[bytes], None] | None = None
+        self._reading_paused = False
+        self.tls_connection: Any = None
+
+    # -- connection events ---------------------------------------------------------------
+    def connectionMade(self) -> None:
+        if self.tls is None:
+            self._set_ready()
+            return
+        # The server is the TLS server on data connections in both directions (RFC 4217).
+        self.transport.startTLS(self.tls.creator, normal=self.server_side)  # type: ignore[attr-defined]
+
+    def handshakeCompleted(self) -> None:
+        assert self.tls is not None
+        self.tls_connection = self.transport.getHandle()  # type: ignore[attr-defined]
+        problem = self.tls.check(self.tls_connection)
+        if problem is not None:
+            self._fail(DataError(Reply.DATA_TLS_FAILED, problem))
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        self._set_ready()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        if self._on_data is not None:
+            self._on_data(data)
+            return
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered > RECEIVE_BUFFER_LIMIT and not self._reading_paused:
+            self.pause_reading()
+
+    def connectionLost(self, reason: Failure = netError.ConnectionDone) -> None:  # type: ignore[assignment]
+        self.lost_reason = reason
+        if not self.is_ready:
+            if self.tls is not None and not reason.check(netError.ConnectionDone):
+                text = "TLS handshake on the data connection failed"
+                self._fail(DataError(Reply.DATA_TLS_FAILED, text))
+            else:
+                self._fail(DataError(Reply.CANT_OPEN_DATA, "Data connection closed before use"))
+        if not self.closed.called:
+            self.closed.callback(reason)
+
+    # -- use by transfers ------------------------------------------------------------------
+    def when_settled(self, observer: Callable[[DataError | None], None]) -> None:
+        """Call `observer(None)` once ready, or `observer(error)` if it failed first."""
+        if self.settled:
+            observer(self.error)
+        else:
+            self._observer = observer
+
+    def _settle(self, error: DataError | None) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        self.error = error
+        self.is_ready = error is None
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer(error)
+
+    def _set_ready(self) -> None:
+        self._settle(None)
+
+    def _fail(self, error: DataError) -> None:
+        self._settle(error)
+
+    def attach(self, on_data: Callable[[bytes], None]) -> None:
+        """Deliver received data (buffered data first) to `on_data`."""
+        self._on_data = on_data
+        buffered, self._buffer, self._buffered = self._buffer, [], 0
+        for chunk in buffered:
+            on_data(chunk)
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def write(self, data: bytes) -> None:
+        self.bytes_sent += len(data)
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def finish(self) -> Deferred[Failure]:
+        """Close after all data is written (TLS: close_notify); fires with the close reason."""
+        if self.lost_reason is None:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        return self.closed
+
+    def abort(self) -> None:
+        if self.lost_reason is None and self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+
+class _PassiveFactory(Factory):
+    """Accepts exactly one connection, and only from the control connection's peer."""
+
+    def __init__(self, channel: DataChannel) -> None:
+        self.channel = channel
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        return self.channel._accept(addr)
+
+
+class _ActiveFactory(ClientFactory):
+    def __init__(self, channel: DataChannel) -> None:
+        self.channel = channel
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self.channel._new_connection(server_side=False)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.channel._connect_failed(reason)
+
+
+class DataChannel:
+    """The data-connection set-up of one session: one passive listener or one active target."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        peer_host: str,
+        tls: DataTLS | None,
+        timeout: float,
+    ) -> None:
+        self.reactor = reactor
+        self.peer_host = normalize_address(peer_host)
+        self.tls = tls
+        self.timeout = timeout
+        self.listening: IListeningPort | None = None
+        self.active_target: tuple[str, int, str] | None = None  # host, port, bind host
+        self.connection: DataConnection | None = None
+        self._waiter: Deferred[DataConnection] | None = None
+        self._timer: IDelayedCall | None = None
+        self._connect_error: DataError | None = None
+
+    # -- set-up ------------------------------------------------------------------------------
+    def listen_passive(self, listen: Callable[[Factory], IListeningPort]) -> int:
+        """Open the passive listener with `listen(factory)`; return its port."""
+        self.listening = listen(_PassiveFactory(self))
+        return int(self.listening.getHost().port)  # type: ignore[attr-defined]
+
+    def set_active(self, host: str, port: int, bind_host: str) -> None:
+        self.active_target = (host, port, bind_host)
+
+    @property
+    def is_passive(self) -> bool:
+        return self.listening is not None or (
+            self.connection is not None and self.connection.server_side
+        )
+
+    def _accept(self, addr: Any) -> Protocol | None:
+        host = normalize_address(getattr(addr, "host", ""))
+        if host != self.peer_host:
+            log.warn(
+                "refused a data connection from {host}: the control connection is from {peer}",
+                host=host,
+                peer=self.peer_host,
+            )
+            return None
+        if self.connection is not None:
+            return None
+        self._stop_listening()
+        return self._new_connection(server_side=True)
+
+    def _new_connection(self, server_side: bool) -> DataConnection:
+        connection = DataConnection(self.tls, server_side)
+        self.connection = connection
+        if self._waiter is not None:
+            connection.when_settled(self._settled)
+        return connection
+
+    def _connect_failed(self, reason: Failure) -> None:
+        self._connect_error = DataError(Reply.CANT_OPEN_DATA, "Can't open data connection")
+        self._deliver_error(self._connect_error)
+
+    def _stop_listening(self) -> None:
+        if self.listening is not None:
+            listening, self.listening = self.listening, None
+            listening.stopListening()
+
+    # -- use -----------------------------------------------------------------------------------
+    def open(self) -> Deferred[DataConnection]:
+        """The data connection, once ready: waits for the passive accept or connects out."""
+        if self.active_target is not None and self.connection is None:
+            host, port, bind_host = self.active_target
+            self.reactor.connectTCP(
+                host, port, _ActiveFactory(self), timeout=self.timeout, bindAddress=(bind_host, 0)
+            )
+        self._waiter = Deferred(lambda d: self.close())
+        self._timer = self.reactor.callLater(self.timeout, self._timed_out)
+        if self.connection is not None:
+            self.connection.when_settled(self._settled)
+        elif self._connect_error is not None:
+            self._deliver_error(self._connect_error)
+        return self._waiter
+
+    def settled_before_command(self) -> bool:
+        """True when a data connection is already there and its set-up has ended."""
+        return self.connection is not None and self.connection.settled
+
+    def _settled(self, error: DataError | None) -> None:
+        if error is not None:
+            self._deliver_error(error)
+            return
+        self._cancel_timer()
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.called and self.connection is not None:
+            waiter.callback(self.connection)
+
+    def _deliver_error(self, error: DataError) -> None:
+        self._cancel_timer()
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.called:
+            waiter.errback(Failure(error))
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._deliver_error(DataError(Reply.CANT_OPEN_DATA, "Data connection timed out"))
+        self.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def close(self) -> None:
+        """Drop the set-up: stop listening, abort any connection."""
+        self._cancel_timer()
+        self._stop_listening()
+        if self.connection is not None:
+            self.connection.abort()
+        self.active_target = None
+
+
+class FileSender:
+    """Streams a file to a data connection, reading ahead in the filesystem's thread pool."""
+
+    def __init__(self, handle: IReadHandle, connection: DataConnection, offset: int) -> None:
+        self.handle = handle
+        self.connection = connection
+        self.offset = offset
+        self.done: Deferred[None] = Deferred()
+        self._paused = False
+        self._stopped = False
+        self._reading = False
+        self._eof = False
+
+    def start(self) -> Deferred[None]:
+        self.connection.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._read_next()
+        return self.done
+
+    def _read_next(self) -> None:
+        if self._reading or self._paused or self._stopped or self._eof:
+            return
+        self._reading = True
+        self.handle.read(self.offset, SEND_CHUNK).addCallbacks(self._got, self._failed)
+
+    def _got(self, data: bytes) -> None:
+        self._reading = False
+        if self._stopped:
+            return
+        if not data:
+            self._eof = True
+            self._finish(None)
+            return
+        self.offset += len(data)
+        self.connection.write(data)
+        self._read_next()
+
+    def _failed(self, failure: Failure) -> None:
+        self._reading = False
+        self._finish(failure)
+
+    def _finish(self, failure: Failure | None) -> None:
+        if self.done.called:
+            return
+        transport = self.connection.transport
+        if transport is not None:
+            transport.unregisterProducer()  # type: ignore[attr-defined]
+        if failure is None:
+            self.done.callback(None)
+        else:
+            self.done.errback(failure)
+
+    # IPushProducer
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._read_next()
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        self._finish(Failure(DataError(Reply.TRANSFER_ABORTED, "Connection closed; transfer aborted")))
+
+
+class FileReceiver:
+    """Feeds a data connection's bytes into an upload, pausing the socket for back-pressure."""
+
+    def __init__(self, upload: IUpload, connection: DataConnection) -> None:
+        self.upload = upload
+        self.connection = connection
+        self.error: Failure | None = None
+        self._pending = 0
+
+    def start(self) -> Deferred[Failure]:
+        self.connection.attach(self._on_data)
+        return self.connection.closed
+
+    def _on_data(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        self._pending += 1
+        d = self.upload.write(data)
+        if not d.called:
+            self.connection.pause_reading()
+        d.addCallbacks(self._written, self._write_failed)
+
+    def _written(self, _: object) -> None:
+        self._pending -= 1
+        if self._pending == 0:
+            self.connection.resume_reading()
+
+    def _write_failed(self, failure: Failure) -> None:
+        self._pending -= 1
+        if self.error is None:
+            self.error = failure
+            self.connection.abort()
+
+
+def filesystem_error(failure: Failure) -> FilesystemError | None:
+    value = failure.value
+    return value if isinstance(value, FilesystemError) else None
+
+
+def cancelled(failure: Failure) -> bool:
+    return failure.check(CancelledError) is not None

@@ -1,0 +1,181 @@
+"""Service wiring: builds the shared runtime from a Config and opens the listeners."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.threadpool import ThreadPool
+
+from securetransport.audit import AuditLog, XferLog
+from securetransport.config import Config
+from securetransport.ftp.passive import PassivePortProvider
+from securetransport.ftp.protocol import FTPFactory
+from securetransport.limits import LoginGuard, SessionCounter
+from securetransport.runtime import ServerRuntime, TLSRuntime
+
+log = Logger(namespace="securetransport.service")
+
+
+def load_tls(config: Config, previous: TLSRuntime | None = None) -> TLSRuntime | None:
+    """Parse the [tls] files once; raises the loaders' one-line errors."""
+    from securetransport.tls.context import SessionContextFactory, load_server_credentials
+    from securetransport.tls.verify import load_trust_store
+
+    if not config.tls.enabled:
+        return None
+    trust = load_trust_store(
+        config.tls.client_ca, config.tls.crl, previous=previous.trust if previous else None
+    )
+    credentials = load_server_credentials(config.tls)
+    for warning in getattr(credentials, "warnings", ()):
+        log.warn("{warning}", warning=warning)
+    return TLSRuntime(contexts=SessionContextFactory(credentials), trust=trust)
+
+
+class SecureTransportService(MultiService):
+    """The whole server: thread pools, the user store, the listeners."""
+
+    def __init__(self, config: Config, reactor: Any = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.config = config
+        self.reactor = reactor
+        self.ports: list[IListeningPort] = []
+        self.runtime: ServerRuntime | None = None
+        self._pools: list[Any] = []
+        self._store: Any = None
+
+    def build_runtime(self) -> ServerRuntime:
+        from securetransport.auth import make_portal
+        from securetransport.passwords import VerificationPool
+        from securetransport.userstore import AsyncUserStore, open_user_store
+        from securetransport.vfs import LocalFilesystem, ensure_home, sweep_temporaries
+
+        config = self.config
+        server = config.server
+        server.home_root.mkdir(parents=True, exist_ok=True)
+        swept = sweep_temporaries(server.home_root)
+        if swept:
+            log.info("removed {count} interrupted uploads", count=swept)
+        tls = load_tls(config)
+        files = ThreadPool(minthreads=2, maxthreads=16, name="securetransport-files")
+        database = ThreadPool(minthreads=1, maxthreads=4, name="securetransport-users")
+        for pool in (files, database):
+            pool.start()
+            self._pools.append(pool)
+        verification = VerificationPool(self.reactor)
+        verification.start()
+        self._pools.append(verification)
+        self._store = open_user_store(server.users)
+        users = AsyncUserStore(self._store, database, self.reactor)
+
+        def filesystem_for(account: Any) -> Any:
+            home = ensure_home(server.home_root, account.home_folder, server.umask)
+            return LocalFilesystem(
+                home,
+                threadpool=files,
+                reactor=self.reactor,
+                upload_mode=server.upload_mode,
+                umask=server.umask,
+                read_only=account.read_only,
+            )
+
+        portal: Portal = make_portal(users, verification, filesystem_for)
+        runtime = ServerRuntime(
+            config=config,
+            reactor=self.reactor,
+            portal=portal,
+            users=users,
+            passive=PassivePortProvider(self.reactor, *config.passive.ports),
+            audit=AuditLog(server.audit_log),
+            xferlog=XferLog(server.xferlog),
+            tls=tls,
+            guard=LoginGuard(server.max_login_failures, server.ban_time),
+            sessions=SessionCounter(server.max_sessions, server.max_sessions_per_address),
+        )
+        return runtime
+
+    def startService(self) -> None:
+        super().startService()
+        self.runtime = self.build_runtime()
+        for listen in self.config.listen:
+            self.ports.append(self._listen(listen))
+        try:
+            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        except ValueError:  # not the main thread (tests)
+            pass
+
+    def _listen(self, listen: Any) -> IListeningPort:
+        assert self.runtime is not None
+        runtime = self.runtime
+        if listen.tls == "implicit":
+            from securetransport.tls.context import connection_creator
+
+            assert runtime.tls is not None
+            factory: Any = TLSMemoryBIOFactory(
+                connection_creator(runtime.tls.contexts.new_session_context),
+                False,
+                FTPFactory(runtime, implicit=True),
+            )
+        else:
+            factory = FTPFactory(runtime)
+        port: IListeningPort = self.reactor.listenTCP(listen.port, factory, interface=listen.address)
+        log.info(
+            "serving {mode} FTPS on {address} port {port}",
+            mode=listen.tls,
+            address=listen.address,
+            port=port.getHost().port,  # type: ignore[attr-defined]
+        )
+        return port
+
+    def reload(self) -> None:
+        """SIGHUP: reopen the logs and reload the [tls] files; keep the last good ones on error."""
+        runtime = self.runtime
+        if runtime is None:
+            return
+        runtime.audit.reopen()
+        runtime.xferlog.reopen()
+        if self.config.tls.enabled:
+            try:
+                runtime.tls = load_tls(self.config, previous=runtime.tls)
+            except Exception as error:  # noqa: BLE001 - any loading problem keeps the old state
+                log.error("TLS reload failed, keeping the previous files: {error}", error=error)
+        log.info("reloaded logs and TLS files")
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        runtime = self.runtime
+        waits = [defer.maybeDeferred(port.stopListening) for port in self.ports]
+        self.ports = []
+        if runtime is not None:
+            for session in list(runtime.open_sessions):
+                session.shutdown()
+        d = defer.DeferredList(waits)
+
+        def stop_pools(_: object) -> None:
+            for pool in self._pools:
+                pool.stop()
+            self._pools = []
+            if self._store is not None:
+                self._store.close()
+            if runtime is not None:
+                runtime.audit.close()
+                runtime.xferlog.close()
+
+        d.addCallback(stop_pools)
+        return d  # type: ignore[return-value]
+
+
+def pid_is_root() -> bool:
+    return os.geteuid() == 0
