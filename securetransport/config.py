@@ -2,14 +2,22 @@
 
 `load_config(path)` returns a `Config` or raises `ConfigError`, whose
 `problems` are one line each, starting with the key (`listen[1].port: ...`).
+`config_from_dict` does the same for an already parsed document, without I/O.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast, get_args
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -20,14 +28,19 @@ LoginMethod = Literal["certificate", "password", "certificate+password"]
 SessionReuse = Literal["required", "off"]
 UploadMode = Literal["atomic", "resumable"]
 CertificateUser = Literal["common-name", "email", "none"]
+TLSVersion = Literal["TLSv1.2", "TLSv1.3"]
 
 
 class ConfigError(Exception):
-    """A configuration that cannot be used; `problems` holds one line per problem."""
+    """A configuration that cannot be used; `problems` holds one line per problem.
 
-    def __init__(self, problems: list[str]) -> None:
+    `warnings` holds the `warning: KEY: ...` lines found before giving up.
+    """
+
+    def __init__(self, problems: list[str], warnings: Iterable[str] = ()) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.warnings = tuple(warnings)
 
 
 @dataclass(frozen=True)
@@ -90,6 +103,11 @@ class ClassConfig:
     login: tuple[LoginMethod, ...] = ("certificate", "password")
     session_reuse: SessionReuse = "required"
 
+    @property
+    def has_criteria(self) -> bool:
+        """False for a class that matches every login."""
+        return not (self.users is None and self.groups is None and self.addresses is None)
+
 
 @dataclass(frozen=True)
 class Config:
@@ -102,6 +120,672 @@ class Config:
     warnings: tuple[str, ...] = ()  # `warning: KEY: ...` lines found while loading
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate the TOML file at `path`; raise ConfigError listing every problem."""
-    raise NotImplementedError
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def load_config(
+    path: str | Path, *, ephemeral_range_file: Path | None = EPHEMERAL_RANGE_FILE
+) -> Config:
+    """Read and validate the TOML file at `path`; raise ConfigError listing every problem.
+
+    Relative paths in the file are resolved against the file's (real) folder.
+    `ephemeral_range_file` is read to warn about passive ports the kernel also uses
+    for outgoing connections; None skips that warning.
+    """
+    path = Path(path)
+    data = _read_toml(path)
+    ephemeral = read_port_range(ephemeral_range_file) if ephemeral_range_file else None
+    return config_from_dict(
+        data,
+        base=path.absolute().parent.resolve(),
+        path=path.absolute(),
+        ephemeral_ports=ephemeral,
+    )
+
+
+def config_from_dict(
+    data: Mapping[str, object],
+    base: Path,
+    *,
+    path: Path | None = None,
+    ephemeral_ports: tuple[int, int] | None = None,
+) -> Config:
+    """Validate a parsed TOML document; relative paths are resolved against `base`.
+
+    `ephemeral_ports` is the kernel's ephemeral port range (for a warning), if known.
+    Raises ConfigError with every problem found.
+    """
+    return _Builder(base).build(data, path, ephemeral_ports)
+
+
+def read_port_range(path: Path) -> tuple[int, int] | None:
+    """The two numbers of a file like /proc/sys/net/ipv4/ip_local_port_range, or None."""
+    try:
+        words = path.read_text(encoding="ascii").split()
+        low, high = int(words[0]), int(words[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return (low, high) if 0 < low <= high <= 65535 else None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read: {error.strerror or error}"]) from None
+    except ValueError as error:  # e.g. a NUL in the name
+        raise ConfigError([f"{path}: cannot read: {error}"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES} bytes"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"{path}: not valid UTF-8 (byte {error.start + 1})"]) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([f"{path}: {_toml_message(str(error))}"]) from None
+
+
+_TOML_POSITION = re.compile(r"(?s)(.*) \(at line (\d+), column (\d+)\)")
+_TOML_END = re.compile(r"(?s)(.*) \(at end of document\)")
+
+
+def _toml_message(message: str) -> str:
+    """`line L, column C: WHAT` from tomllib's `WHAT (at line L, column C)`."""
+    match = _TOML_POSITION.fullmatch(message)
+    if match:
+        return f"line {match[2]}, column {match[3]}: {match[1]}"
+    match = _TOML_END.fullmatch(message)
+    if match:
+        return f"at end of file: {match[1]}"
+    return message
+
+
+# --- Values -------------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    """A bad value: `problems` are (key suffix, message) pairs, e.g. ("[2]", "...")."""
+
+    def __init__(self, *problems: tuple[str, str]) -> None:
+        super().__init__(problems)
+        self.problems = problems
+
+
+def _bad(message: str) -> _Invalid:
+    return _Invalid(("", message))
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _key(name: str) -> str:
+    """A key as TOML would write it: bare when it can be, quoted otherwise."""
+    return name if _BARE_KEY.fullmatch(name) else _quote(name)
+
+
+def _quote(text: str, limit: int = 80) -> str:
+    """A double-quoted, escaped, printable form of `text`."""
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    quoted = json.dumps(text, ensure_ascii=False)
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in quoted)
+
+
+def _show(value: object) -> str:
+    """A short rendering of a TOML value for messages (`"x"`, `70000`, `true`, `a table`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return _quote(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    isoformat = getattr(value, "isoformat", None)
+    return str(isoformat()) if callable(isoformat) else type(value).__name__
+
+
+def _choices_text(choices: tuple[str, ...]) -> str:
+    quoted = [_quote(c) for c in choices]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def _is_text(text: str) -> bool:
+    """No control characters (they would break an FTP reply line or a log line)."""
+    return all(c.isprintable() for c in text)
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise _bad(f"must be a string, got {_show(value)}")
+    return value
+
+
+def _text(value: object) -> str:
+    text = _string(value)
+    if not _is_text(text):
+        raise _bad(f"must not contain line breaks or control characters, got {_show(text)}")
+    return text
+
+
+def _name(value: object) -> str:
+    text = _text(value)
+    if not text:
+        raise _bad("must not be empty")
+    return text
+
+
+def _choice(literal: object) -> Callable[[object], str]:
+    choices = cast(tuple[str, ...], get_args(literal))
+
+    def convert(value: object) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise _bad(f"must be {_choices_text(choices)}, got {_show(value)}")
+        return value
+
+    return convert
+
+
+def _integer(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(f"must be an integer, got {_show(value)}")
+    return value
+
+
+def _positive_integer(value: object) -> int:
+    number = _integer(value)
+    if number <= 0:
+        raise _bad(f"must be a positive integer, got {number}")
+    return number
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(f"must be a number of seconds, got {_show(value)}")
+    if not (math.isfinite(value) and value > 0):
+        raise _bad(f"must be a positive number of seconds, got {_show(value)}")
+    return float(value)
+
+
+def _port(value: object) -> int:
+    number = _integer(value)
+    if not 0 <= number <= 65535:  # 0: any free port, for tests
+        raise _bad(f"must be 1-65535, got {number}")
+    return number
+
+
+def _ip_address(value: object) -> str:
+    text = _string(value)
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise _bad(f"must be an IPv4 or IPv6 address, got {_show(text)}") from None
+
+
+def _passive_address(value: object) -> str:
+    text = _string(value)
+    if text == "":
+        return text
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise _bad(
+            f'must be an IPv4 address (PASV announces IPv4) or "", got {_show(text)}'
+        ) from None
+
+
+_UMASK = re.compile(r"[0-7]{1,4}")
+
+
+def _umask(value: object) -> int:
+    if not isinstance(value, str) or not _UMASK.fullmatch(value):
+        raise _bad(f'must be an octal string such as "027", got {_show(value)}')
+    mask = int(value, 8)
+    if mask > 0o777:
+        raise _bad(f"must be at most 777, got {_show(value)}")
+    return mask
+
+
+_PORT_RANGE = re.compile(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*", re.ASCII)
+
+
+def _port_range(value: object) -> tuple[int, int]:
+    text = _string(value)
+    match = _PORT_RANGE.fullmatch(text)
+    if match:
+        first, last = int(match[1]), int(match[2])
+        if 1024 <= first <= last <= 65535:
+            return (first, last)
+    raise _bad(f'must be "FIRST-LAST" with 1024 <= FIRST <= LAST <= 65535, got {_show(text)}')
+
+
+def _ciphers(value: object) -> str:
+    text = _text(value)
+    if text and not _openssl_accepts_ciphers(text):
+        raise _bad(f"OpenSSL matches no TLS 1.2 cipher in {_show(text)}")
+    return text
+
+
+def _openssl_accepts_ciphers(ciphers: str) -> bool:
+    from OpenSSL import SSL
+
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    try:
+        context.set_cipher_list(ciphers.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError):
+        return False
+    return True
+
+
+def _array(
+    item: Callable[[object], Any], *, allow_empty: bool
+) -> Callable[[object], tuple[Any, ...]]:
+    """An array whose items are converted by `item`; bad items are reported as `KEY[i]`."""
+
+    def convert(value: object) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise _bad(f"must be an array, got {_show(value)}")
+        if not value and not allow_empty:
+            raise _bad("must not be an empty array")
+        items: list[Any] = []
+        problems: list[tuple[str, str]] = []
+        for index, element in enumerate(value, 1):
+            try:
+                items.append(item(element))
+            except _Invalid as error:
+                problems.extend((f"[{index}]{suffix}", text) for suffix, text in error.problems)
+        if problems:
+            raise _Invalid(*problems)
+        return tuple(items)
+
+    return convert
+
+
+def _unique(convert: Callable[[object], tuple[Any, ...]]) -> Callable[[object], tuple[Any, ...]]:
+    def checked(value: object) -> tuple[Any, ...]:
+        items = convert(value)
+        seen: set[Any] = set()
+        for index, element in enumerate(items, 1):
+            if element in seen:
+                raise _Invalid((f"[{index}]", f"{_show(element)} is listed twice"))
+            seen.add(element)
+        return items
+
+    return checked
+
+
+def _network(value: object) -> IPNetwork:
+    text = _string(value)
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise _bad(f'must be an IP network such as "192.0.2.0/24", got {_show(text)}') from None
+    mapped = network.network_address.ipv4_mapped if network.version == 6 else None
+    if mapped is not None and network.prefixlen >= 96:
+        # Client addresses are compared after mapping ::ffff:a.b.c.d to IPv4.
+        return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
+
+
+class _Builder:
+    """Turns a parsed TOML document into a Config, collecting problems and warnings."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    # Paths are resolved against the config file's folder.
+
+    def path(self, value: object) -> Path:
+        text = _string(value)
+        if not text:
+            raise _bad("must not be empty")
+        if "\0" in text:
+            raise _bad("must not contain NUL characters")
+        return Path(os.path.normpath(self.base / text))
+
+    def optional_path(self, value: object) -> Path | None:
+        return None if value == "" else self.path(value)
+
+    def users_url(self, value: object) -> str:
+        text = _string(value)
+        scheme, colon, rest = text.partition(":")
+        if scheme != "sqlite" or not colon:
+            raise _bad(f'must be "sqlite:PATH", got {_show(text)}')
+        if not rest:
+            raise _bad(f'must name a file after "sqlite:", got {_show(text)}')
+        return f"sqlite:{self.path(rest)}"
+
+    # Tables.
+
+    def table(
+        self, value: object, key: str, fields: Mapping[str, Callable[[object], Any]]
+    ) -> tuple[dict[str, Any], set[str]] | None:
+        """Convert the known keys of a table; report unknown keys and bad values.
+
+        Returns the good values and the names of the present but bad keys, or None
+        when `value` is not a table.
+        """
+        if not isinstance(value, dict):
+            self.problems.append(f"{key}: must be a table, got {_show(value)}")
+            return None
+        values: dict[str, Any] = {}
+        bad: set[str] = set()
+        for name, item in value.items():
+            where = f"{key}.{_key(name)}"
+            convert = fields.get(name)
+            if convert is None:
+                self.problems.append(f"{where}: unknown key{_did_you_mean(name, fields)}")
+                continue
+            try:
+                values[name] = convert(item)
+            except _Invalid as error:
+                bad.add(name)
+                self.problems.extend(f"{where}{suffix}: {text}" for suffix, text in error.problems)
+        return values, bad
+
+    def array_of_tables(self, value: object, key: str) -> list[tuple[str, object]]:
+        """The (`key[i]`, table) items of an array of tables."""
+        if not isinstance(value, list):
+            self.problems.append(
+                f"{key}: must be an array of tables ([[{key}]]), got {_show(value)}"
+            )
+            return []
+        return [(f"{key}[{index}]", item) for index, item in enumerate(value, 1)]
+
+    # Sections.
+
+    def server(self, value: object) -> ServerConfig:
+        fields: dict[str, Callable[[object], Any]] = {
+            "banner": _text,
+            "home_root": self.path,
+            "users": self.users_url,
+            "upload_mode": _choice(UploadMode),
+            "umask": _umask,
+            "login_timeout": _seconds,
+            "idle_timeout": _seconds,
+            "data_timeout": _seconds,
+            "max_sessions": _positive_integer,
+            "max_sessions_per_address": _positive_integer,
+            "max_login_failures": _positive_integer,
+            "ban_time": _seconds,
+            "audit_log": self.optional_path,
+            "xferlog": self.optional_path,
+        }
+        result = self.table(value, "server", fields)
+        values = result[0] if result else {}
+        return self.server_defaults(values)
+
+    def server_defaults(self, values: dict[str, Any]) -> ServerConfig:
+        values.setdefault("home_root", self.path(str(ServerConfig.home_root)))
+        values.setdefault("users", self.users_url(ServerConfig.users))
+        return ServerConfig(**values)
+
+    def listeners(self, value: object) -> tuple[ListenConfig, ...]:
+        fields = {"address": _ip_address, "port": _port, "tls": _choice(TLSMode)}
+        items = self.array_of_tables(value, "listen")
+        if isinstance(value, list) and not value:
+            self.problems.append("listen: must hold at least one [[listen]] table")
+        listeners: list[ListenConfig] = []
+        seen: dict[tuple[str, int], str] = {}
+        for key, item in items:
+            result = self.table(item, key, fields)
+            if result is None:
+                continue
+            values, bad = result
+            listener = ListenConfig(**values)
+            listeners.append(listener)
+            where = (listener.address, listener.port)
+            if bad or listener.port == 0:
+                continue
+            if where in seen:
+                self.problems.append(
+                    f"{key}.port: {listener.port} on {listener.address} "
+                    f"is already used by {seen[where]}"
+                )
+            seen.setdefault(where, key)
+        return tuple(listeners)
+
+    def passive(self, value: object) -> PassiveConfig:
+        fields = {"ports": _port_range, "address": _passive_address}
+        result = self.table(value, "passive", fields)
+        return PassiveConfig(**(result[0] if result else {}))
+
+    def tls(self, value: object) -> tuple[TLSConfig, set[str]]:
+        fields: dict[str, Callable[[object], Any]] = {
+            "certificate": self.optional_path,
+            "private_key": self.optional_path,
+            "client_ca": self.optional_path,
+            "crl": _array(self.path, allow_empty=True),
+            "min_version": _choice(TLSVersion),
+            "ciphers": _ciphers,
+            "certificate_user": _choice(CertificateUser),
+        }
+        result = self.table(value, "tls", fields)
+        if result is None:
+            return TLSConfig(), {"tls"}
+        values, bad = result
+        return TLSConfig(**values), bad
+
+    def classes(self, value: object) -> list[tuple[ClassConfig, set[str]]]:
+        fields: dict[str, Callable[[object], Any]] = {
+            "name": _name,
+            "users": _array(_name, allow_empty=False),
+            "groups": _array(_name, allow_empty=False),
+            "addresses": _array(_network, allow_empty=False),
+            "ssl": _choice(SSLRequirement),
+            "client_certificate": _choice(CertificateCheck),
+            "login": _unique(_array(_choice(LoginMethod), allow_empty=False)),
+            "session_reuse": _choice(SessionReuse),
+        }
+        classes: list[tuple[ClassConfig, set[str]]] = []
+        names: dict[str, str] = {}
+        for key, item in self.array_of_tables(value, "class"):
+            result = self.table(item, key, fields)
+            if result is None:
+                continue
+            values, bad = result
+            if "name" not in values:
+                if "name" not in bad:
+                    self.problems.append(f"{key}.name: required")
+                bad.add("name")
+                values["name"] = ""
+            entry = ClassConfig(**values)
+            classes.append((entry, bad))
+            if "name" not in bad:
+                if entry.name in names:
+                    self.problems.append(
+                        f"{key}.name: {_quote(entry.name)} is already used by {names[entry.name]}"
+                    )
+                names.setdefault(entry.name, key)
+            if not bad & {"login", "client_certificate"} and entry.client_certificate == "off":
+                needs = [m for m in entry.login if m != "password"]
+                if needs and "login" not in values:
+                    self.problems.append(
+                        f'{key}.login: the default ["certificate", "password"] needs '
+                        'client_certificate = "verify", and it is "off"; '
+                        'set login = ["password"]'
+                    )
+                elif needs:
+                    self.problems.append(
+                        f"{key}.login: {_choices_text(tuple(needs))} needs "
+                        'client_certificate = "verify", and it is "off"'
+                    )
+        return classes
+
+    # The whole document.
+
+    def build(
+        self,
+        data: Mapping[str, object],
+        path: Path | None,
+        ephemeral_ports: tuple[int, int] | None,
+    ) -> Config:
+        server: ServerConfig | None = None
+        listen: tuple[ListenConfig, ...] = (ListenConfig(),)
+        passive = PassiveConfig()
+        passive_ok = True
+        tls = TLSConfig()
+        tls_bad: set[str] = set()
+        classes: list[tuple[ClassConfig, set[str]]] = []
+        sections = ("server", "listen", "passive", "tls", "class")
+        for name, value in data.items():
+            if name == "server":
+                server = self.server(value)
+            elif name == "listen":
+                listen = self.listeners(value)
+            elif name == "passive":
+                before = len(self.problems)
+                passive = self.passive(value)
+                passive_ok = len(self.problems) == before
+            elif name == "tls":
+                tls, tls_bad = self.tls(value)
+            elif name == "class":
+                classes = self.classes(value)
+            else:
+                kind = "table" if isinstance(value, dict | list) else "key"
+                self.problems.append(f"{_key(name)}: unknown {kind}{_did_you_mean(name, sections)}")
+        if server is None:
+            server = self.server_defaults({})
+        self.check_tls(tls, tls_bad, listen)
+        self.warn_classes(classes, tls, tls_bad)
+        if passive_ok:
+            self.warn_passive(passive, listen, ephemeral_ports)
+        if self.problems:
+            raise ConfigError(self.problems, self.warnings)
+        return Config(
+            path=path,
+            server=server,
+            listen=listen,
+            passive=passive,
+            tls=tls,
+            classes=tuple(entry for entry, _ in classes),
+            warnings=tuple(self.warnings),
+        )
+
+    # Checks across keys.
+
+    def check_tls(self, tls: TLSConfig, bad: set[str], listen: tuple[ListenConfig, ...]) -> None:
+        if bad & {"tls", "certificate", "private_key"}:
+            return
+        if tls.certificate is not None and tls.private_key is None:
+            self.problems.append("tls.private_key: required when tls.certificate is set")
+        if tls.private_key is not None and tls.certificate is None:
+            self.problems.append("tls.certificate: required when tls.private_key is set")
+        if tls.certificate is None and tls.private_key is None:
+            for index, listener in enumerate(listen, 1):
+                if listener.tls == "implicit":
+                    self.problems.append(
+                        f'listen[{index}].tls: "implicit" needs tls.certificate and tls.private_key'
+                    )
+
+    def warn(self, key: str, message: str) -> None:
+        self.warnings.append(f"warning: {key}: {message}")
+
+    def warn_classes(
+        self, classes: list[tuple[ClassConfig, set[str]]], tls: TLSConfig, tls_bad: set[str]
+    ) -> None:
+        if not classes:
+            self.warn("class", "no [[class]] is configured: every login is refused (530)")
+            return
+        for index, (entry, bad) in enumerate(classes, 1):
+            if bad:
+                continue
+            key = f"class[{index}]"
+            earlier = [
+                (i, e)
+                for i, (e, b) in enumerate(classes[: index - 1], 1)
+                if not b and not e.has_criteria
+            ]
+            if earlier:
+                i, catch_all = earlier[0]
+                self.warn(
+                    key,
+                    f"never matches: class[{i}] {_quote(catch_all.name)} has no criteria "
+                    "and matches every login first",
+                )
+            elif entry.groups is not None:
+                self.warn_groups(index, entry, classes[index:])
+        no_tls = tls.certificate is None and tls.private_key is None
+        if no_tls and not tls_bad & {"tls", "certificate", "private_key"}:
+            mandatory = [
+                f"class[{i}] {_quote(e.name)}"
+                for i, (e, b) in enumerate(classes, 1)
+                if not b and e.ssl == "mandatory"
+            ]
+            if mandatory:
+                self.warn(
+                    "tls",
+                    "no certificate and private_key, so AUTH TLS is refused and nobody can "
+                    f'log in through a class with ssl = "mandatory": {", ".join(mandatory)}',
+                )
+
+    def warn_groups(
+        self, index: int, entry: ClassConfig, later: list[tuple[ClassConfig, set[str]]]
+    ) -> None:
+        """SPEC 4: a class chosen by groups reveals membership when later classes differ."""
+        differ: list[str] = []
+        for offset, (other, bad) in enumerate(later, index + 1):
+            if bad:
+                continue
+            what = [
+                key
+                for key, differs in (
+                    ("ssl", other.ssl != entry.ssl),
+                    ("login", set(other.login) != set(entry.login)),
+                )
+                if differs
+            ]
+            if what:
+                differ.append(f"class[{offset}] {_quote(other.name)} ({' and '.join(what)})")
+        reveal = "so its replies to USER tell who is in those groups"
+        key = f"class[{index}].groups"
+        if differ:
+            self.warn(
+                key,
+                f"{_quote(entry.name)} is chosen by groups and precedes a class with a "
+                f"different ssl or login: {', '.join(differ)}; {reveal}",
+            )
+        elif not any(not other.has_criteria for other, bad in later if not bad):
+            self.warn(
+                key,
+                f"{_quote(entry.name)} is chosen by groups and no class after it matches "
+                f"everyone, so other names may match no class (530); {reveal}",
+            )
+
+    def warn_passive(
+        self,
+        passive: PassiveConfig,
+        listen: tuple[ListenConfig, ...],
+        ephemeral_ports: tuple[int, int] | None,
+    ) -> None:
+        first, last = passive.ports
+        shown = f"{first}-{last}"
+        if ephemeral_ports is not None:
+            low, high = ephemeral_ports
+            if first <= high and low <= last:
+                self.warn(
+                    "passive.ports",
+                    f"{shown} overlaps the kernel's ephemeral port range {low}-{high} "
+                    "(net.ipv4.ip_local_port_range): outgoing connections may take these ports",
+                )
+        for index, listener in enumerate(listen, 1):
+            if first <= listener.port <= last:
+                self.warn(
+                    "passive.ports",
+                    f"{shown} includes the port of listen[{index}] ({listener.port})",
+                )
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {_quote(close[0])}?)" if close else ""

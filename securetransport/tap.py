@@ -20,7 +20,7 @@ class Options(usage.Options):
         try:
             self["parsed"] = load_config(path)
         except ConfigError as error:
-            raise usage.UsageError("; ".join(error.problems)) from None
+            raise usage.UsageError("\n".join(error.problems)) from None
 
 
 def makeService(options: Options) -> IService:
