@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import builtins
+import os
 import re
-from dataclasses import dataclass
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
-from zope.interface import Interface
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from zope.interface import Interface, implementer
+
+_T = TypeVar("_T")
 
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
 
@@ -37,10 +52,10 @@ class UserStoreError(Exception):
 class IUserStore(Interface):
     """Blocking account storage; call it from a thread, never from the reactor."""
 
-    def get(name: str) -> Account | None:  # type: ignore[misc]
+    def get(name: str) -> Account | None:  # type: ignore[misc,empty-body]
         """The account called `name`, or None."""
 
-    def list() -> list[Account]:  # type: ignore[misc]
+    def list() -> list[Account]:  # type: ignore[misc,empty-body]
         """Every account, sorted by name."""
 
     def add(account: Account) -> None:  # type: ignore[misc]
@@ -49,8 +64,333 @@ class IUserStore(Interface):
     def update(account: Account) -> None:  # type: ignore[misc]
         """Replace an existing account; UserStoreError if it does not exist."""
 
-    def remove(name: str) -> bool:  # type: ignore[misc]
+    def remove(name: str) -> bool:  # type: ignore[misc,empty-body]
         """Delete an account; True if it existed."""
 
     def close() -> None:  # type: ignore[misc]
         """Release connections."""
+
+
+# --- fingerprints -------------------------------------------------------------------
+
+_FINGERPRINT_PLAIN = re.compile(r"[0-9A-Fa-f]{64}")
+_FINGERPRINT_COLONS = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31}")
+
+
+def normalize_fingerprint(text: str) -> str:
+    """A SHA-256 fingerprint as 64 lowercase hex digits.
+
+    Accepts 64 hex digits in either case, plain or as colon-separated pairs;
+    ValueError otherwise.
+    """
+    text = text.strip()
+    if _FINGERPRINT_PLAIN.fullmatch(text) or _FINGERPRINT_COLONS.fullmatch(text):
+        return text.replace(":", "").lower()
+    raise ValueError(f"not a SHA-256 fingerprint (64 hex digits): {text[:100]!r}")
+
+
+def certificate_fingerprint(cert: x509.Certificate) -> str:
+    """The SHA-256 fingerprint of the certificate's DER encoding, 64 lowercase hex digits."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+# --- home folders -------------------------------------------------------------------
+
+
+def normalize_home(home: str) -> str:
+    """A home folder relative to `server.home_root`, normalized (`a/./b/` -> `a/b`).
+
+    Empty means the account name. UserStoreError for an absolute path, a `..`
+    component or a NUL: a home always lies below home_root.
+    """
+    if "\0" in home:
+        raise UserStoreError("home folder contains NUL")
+    path = PurePosixPath(home)
+    if path.is_absolute():
+        raise UserStoreError(f"home folder must be relative to home_root: {home}")
+    if ".." in path.parts:
+        raise UserStoreError(f"home folder must not contain '..': {home}")
+    normalized = str(path)
+    return "" if normalized == "." else normalized
+
+
+def _checked(account: Account) -> Account:
+    """The account with groups and pins deduplicated and normalized, or UserStoreError."""
+    if not valid_account_name(account.name):
+        raise UserStoreError(f"invalid account name: {account.name!r}")
+    try:
+        pins = tuple(dict.fromkeys(normalize_fingerprint(f) for f in account.certificates))
+    except ValueError as error:
+        raise UserStoreError(str(error)) from None
+    groups = tuple(dict.fromkeys(account.groups))
+    for group in groups:
+        if not group or "\0" in group:
+            raise UserStoreError(f"invalid group name: {group!r}")
+    return replace(account, groups=groups, certificates=pins, home=normalize_home(account.home))
+
+
+# --- SQLite -------------------------------------------------------------------------
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT,
+    home TEXT NOT NULL DEFAULT '',
+    read_only INTEGER NOT NULL DEFAULT 0,
+    enabled INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS groups (
+    name TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+    grp TEXT NOT NULL,
+    PRIMARY KEY (name, grp)
+);
+CREATE TABLE IF NOT EXISTS certificates (
+    name TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL,
+    PRIMARY KEY (name, fingerprint)
+);
+CREATE INDEX IF NOT EXISTS certificates_by_fingerprint ON certificates (fingerprint);
+"""
+
+
+@implementer(IUserStore)
+class SQLiteUserStore:
+    """IUserStore on a SQLite file (WAL mode), safe to call from several threads.
+
+    One connection, serialized by a lock; reads and writes run in explicit
+    transactions so an account is always read whole. Blocking: call from a thread.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        try:
+            if not self.path.exists():
+                # Hashes live here: create the file (and so its -wal/-shm) private.
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+            self._conn = sqlite3.connect(
+                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            with self._transaction(write=True) as conn:
+                (version,) = conn.execute("PRAGMA user_version").fetchone()
+                if version > _SCHEMA_VERSION:
+                    raise UserStoreError(
+                        f"user store {self.path} has schema version {version}, newer than"
+                        f" this program's {_SCHEMA_VERSION}"
+                    )
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        except (OSError, sqlite3.Error, UserStoreError) as error:
+            self.close()
+            if isinstance(error, UserStoreError):
+                raise
+            raise UserStoreError(f"cannot open user store {self.path}: {error}") from None
+
+    @contextmanager
+    def _transaction(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise UserStoreError("user store is closed")
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def _read(conn: sqlite3.Connection, row: tuple[Any, ...]) -> Account:
+        name, password_hash, home, read_only, enabled = row
+        groups = conn.execute(
+            "SELECT grp FROM groups WHERE name = ? ORDER BY rowid", (name,)
+        ).fetchall()
+        pins = conn.execute(
+            "SELECT fingerprint FROM certificates WHERE name = ? ORDER BY rowid", (name,)
+        ).fetchall()
+        return Account(
+            name=name,
+            password_hash=password_hash,
+            groups=tuple(g for (g,) in groups),
+            home=home,
+            certificates=tuple(f for (f,) in pins),
+            read_only=bool(read_only),
+            enabled=bool(enabled),
+        )
+
+    @staticmethod
+    def _write_details(conn: sqlite3.Connection, account: Account) -> None:
+        conn.execute("DELETE FROM groups WHERE name = ?", (account.name,))
+        conn.execute("DELETE FROM certificates WHERE name = ?", (account.name,))
+        conn.executemany(
+            "INSERT INTO groups (name, grp) VALUES (?, ?)",
+            [(account.name, g) for g in account.groups],
+        )
+        conn.executemany(
+            "INSERT INTO certificates (name, fingerprint) VALUES (?, ?)",
+            [(account.name, f) for f in account.certificates],
+        )
+
+    _COLUMNS = "name, password_hash, home, read_only, enabled"
+
+    def get(self, name: str) -> Account | None:
+        """The account called `name`, or None."""
+        try:
+            with self._transaction() as conn:
+                row = conn.execute(
+                    f"SELECT {self._COLUMNS} FROM accounts WHERE name = ?", (name,)
+                ).fetchone()
+                return None if row is None else self._read(conn, row)
+        except sqlite3.Error as error:
+            raise UserStoreError(f"user store: {error}") from None
+
+    def list(self) -> builtins.list[Account]:
+        """Every account, sorted by name."""
+        try:
+            with self._transaction() as conn:
+                rows = conn.execute(
+                    f"SELECT {self._COLUMNS} FROM accounts ORDER BY name"
+                ).fetchall()
+                return [self._read(conn, row) for row in rows]
+        except sqlite3.Error as error:
+            raise UserStoreError(f"user store: {error}") from None
+
+    def add(self, account: Account) -> None:
+        """Create an account; UserStoreError if the name exists or a field is invalid."""
+        account = _checked(account)
+        try:
+            with self._transaction(write=True) as conn:
+                conn.execute(
+                    f"INSERT INTO accounts ({self._COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        account.name,
+                        account.password_hash,
+                        account.home,
+                        int(account.read_only),
+                        int(account.enabled),
+                    ),
+                )
+                self._write_details(conn, account)
+        except sqlite3.IntegrityError:
+            raise UserStoreError(f"account exists: {account.name}") from None
+        except sqlite3.Error as error:
+            raise UserStoreError(f"user store: {error}") from None
+
+    def update(self, account: Account) -> None:
+        """Replace an existing account; UserStoreError if it does not exist."""
+        account = _checked(account)
+        try:
+            with self._transaction(write=True) as conn:
+                cursor = conn.execute(
+                    "UPDATE accounts SET password_hash = ?, home = ?, read_only = ?, enabled = ?"
+                    " WHERE name = ?",
+                    (
+                        account.password_hash,
+                        account.home,
+                        int(account.read_only),
+                        int(account.enabled),
+                        account.name,
+                    ),
+                )
+                if cursor.rowcount == 0:
+                    raise UserStoreError(f"no such account: {account.name}")
+                self._write_details(conn, account)
+        except sqlite3.Error as error:
+            raise UserStoreError(f"user store: {error}") from None
+
+    def remove(self, name: str) -> bool:
+        """Delete an account (with its groups and pins); True if it existed."""
+        try:
+            with self._transaction(write=True) as conn:
+                cursor = conn.execute("DELETE FROM accounts WHERE name = ?", (name,))
+                return cursor.rowcount > 0
+        except sqlite3.Error as error:
+            raise UserStoreError(f"user store: {error}") from None
+
+    def find_by_fingerprint(self, fingerprint: str) -> builtins.list[str]:
+        """Names of the accounts that pin `fingerprint` (any accepted spelling), sorted."""
+        try:
+            fingerprint = normalize_fingerprint(fingerprint)
+        except ValueError:
+            return []
+        try:
+            with self._transaction() as conn:
+                rows = conn.execute(
+                    "SELECT name FROM certificates WHERE fingerprint = ? ORDER BY name",
+                    (fingerprint,),
+                ).fetchall()
+                return [name for (name,) in rows]
+        except sqlite3.Error as error:
+            raise UserStoreError(f"user store: {error}") from None
+
+    def close(self) -> None:
+        """Close the connection; later calls raise UserStoreError."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+if TYPE_CHECKING:
+    # What the blocking-store parameters accept (mypy has no zope plugin here).
+    BlockingUserStore: TypeAlias = IUserStore | SQLiteUserStore
+
+
+def open_user_store(url: str) -> IUserStore:
+    """Open the store named by a URL: `sqlite:/absolute/path` (the folder is created)."""
+    scheme, sep, rest = url.partition(":")
+    if not sep or scheme != "sqlite":
+        raise UserStoreError(f"unsupported user store URL (want sqlite:/path): {url}")
+    path = Path(rest)
+    if not rest or not path.is_absolute():
+        raise UserStoreError(f"user store path must be absolute: {url}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as error:
+        raise UserStoreError(f"cannot create {path.parent}: {error.strerror}") from None
+    return cast(IUserStore, SQLiteUserStore(path))
+
+
+# --- non-blocking wrapper -----------------------------------------------------------
+
+
+class AsyncUserStore:
+    """Runs a blocking IUserStore in a thread pool; every method returns a Deferred."""
+
+    def __init__(self, store: BlockingUserStore, threadpool: ThreadPool, reactor: Any) -> None:
+        self.store: Any = store  # Any: mypy cannot call zope interface methods
+        self.threadpool = threadpool
+        self.reactor = reactor
+
+    def _run(self, fn: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        return deferToThreadPool(self.reactor, self.threadpool, fn, *args)
+
+    def get(self, name: str) -> Deferred[Account | None]:
+        return self._run(self.store.get, name)
+
+    def list(self) -> Deferred[builtins.list[Account]]:
+        return self._run(self.store.list)
+
+    def add(self, account: Account) -> Deferred[None]:
+        return self._run(self.store.add, account)
+
+    def update(self, account: Account) -> Deferred[None]:
+        return self._run(self.store.update, account)
+
+    def remove(self, name: str) -> Deferred[bool]:
+        return self._run(self.store.remove, name)
+
+    def find_by_fingerprint(self, fingerprint: str) -> Deferred[builtins.list[str]]:
+        """Accounts pinning `fingerprint`; [] if the store cannot look pins up."""
+        finder = getattr(self.store, "find_by_fingerprint", None)
+        if finder is None:
+            return succeed([])
+        return self._run(finder, fingerprint)

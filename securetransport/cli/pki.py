@@ -1,13 +1,52 @@
-"""`securetransport pki` (stub, to be written)."""
+"""`securetransport pki init`: a private CA and certificates for trials and tests."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from securetransport.cli import add_config_option
+from securetransport.cli import CommandError, add_config_option
+from securetransport.pki import DEFAULT_DAYS, PKIError, init_pki
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    try:
+        written = init_pki(args.folder, args.users, days=args.days, force=args.force)
+    except PKIError as error:
+        raise CommandError(str(error)) from None
+    for path in written:
+        print(path)
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser("pki", help="pki (not yet written)")
+    parser = subparsers.add_parser(
+        "pki", help="make a private CA and certificates", description=__doc__
+    )
     add_config_option(parser)
-    parser.set_defaults(func=lambda args: 1)
+    actions = parser.add_subparsers(dest="pki_command", required=True, metavar="ACTION")
+    init = actions.add_parser(
+        "init",
+        help="write ca, server and client certificates",
+        description="Write ca.crt/ca.key, server.crt/server.key (localhost, 127.0.0.1, ::1) "
+        "and NAME.crt/NAME.key per --user into DIR. Keys are mode 0600.",
+    )
+    add_config_option(init)
+    init.add_argument("folder", metavar="DIR", type=Path, help="where to write the files")
+    init.add_argument(
+        "--user",
+        dest="users",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also make a client certificate with CN=NAME (repeatable)",
+    )
+    init.add_argument("--force", action="store_true", help="replace existing files")
+    init.add_argument(
+        "--days",
+        type=int,
+        default=DEFAULT_DAYS,
+        metavar="N",
+        help=f"validity in days (default {DEFAULT_DAYS})",
+    )
+    init.set_defaults(func=cmd_init)

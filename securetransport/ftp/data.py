@@ -62,7 +62,7 @@ class DataConnection(Protocol):
     def __init__(self, tls: DataTLS | None, server_side: bool) -> None:
         self.tls = tls
         self.server_side = server_side
-        self.closed: Deferred[Failure] = Deferred()
+        self.closed: Deferred[bool] = Deferred()  # fires with clean_close(reason)
         self.is_ready = False
         self.settled = False  # ready, or failed before becoming ready
         self.error: DataError | None = None
@@ -113,7 +113,7 @@ class DataConnection(Protocol):
             else:
                 self._fail(DataError(Reply.CANT_OPEN_DATA, "Data connection closed before use"))
         if not self.closed.called:
-            self.closed.callback(reason)
+            self.closed.callback(clean_close(reason))
 
     # -- use by transfers ------------------------------------------------------------------
     def when_settled(self, observer: Callable[[DataError | None], None]) -> None:
@@ -160,8 +160,8 @@ class DataConnection(Protocol):
         self.bytes_sent += len(data)
         self.transport.write(data)  # type: ignore[union-attr]
 
-    def finish(self) -> Deferred[Failure]:
-        """Close after all data is written (TLS: close_notify); fires with the close reason."""
+    def finish(self) -> Deferred[bool]:
+        """Close after all data is written (TLS: close_notify); fires with whether it was clean."""
         if self.lost_reason is None:
             self.transport.loseConnection()  # type: ignore[union-attr]
         return self.closed
@@ -266,13 +266,14 @@ class DataChannel:
             self.reactor.connectTCP(
                 host, port, _ActiveFactory(self), timeout=self.timeout, bindAddress=(bind_host, 0)
             )
-        self._waiter = Deferred(lambda d: self.close())
+        waiter: Deferred[DataConnection] = Deferred(lambda d: self.close())
+        self._waiter = waiter
         self._timer = self.reactor.callLater(self.timeout, self._timed_out)
         if self.connection is not None:
             self.connection.when_settled(self._settled)
         elif self._connect_error is not None:
             self._deliver_error(self._connect_error)
-        return self._waiter
+        return waiter
 
     def settled_before_command(self) -> bool:
         """True when a data connection is already there and its set-up has ended."""
@@ -385,7 +386,8 @@ class FileReceiver:
         self.error: Failure | None = None
         self._pending = 0
 
-    def start(self) -> Deferred[Failure]:
+    def start(self) -> Deferred[bool]:
+        """Fires with True when the peer closed cleanly (the upload is complete)."""
         self.connection.attach(self._on_data)
         return self.connection.closed
 

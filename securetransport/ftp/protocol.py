@@ -87,6 +87,7 @@ class FTPSession(Protocol):
         self.session_id = ""
         # TLS
         self.protected = False
+        self.tls_started = False  # AUTH accepted or implicit port: a handshake is under way
         self.tls_context: Any = None
         self.handshake: Any = None  # tls.context.HandshakeInfo of the control connection
         self.certificate: Any = None  # tls.verify.CertificateVerdict (without account pins)
@@ -129,12 +130,11 @@ class FTPSession(Protocol):
         now = self.reactor.seconds()
         if self.server.guard.is_banned(self.peer, now):
             log.info("refused {peer}: banned", peer=self.peer)
-            self._send(Reply.SERVICE_UNAVAILABLE, "Too many failed logins; try again later")
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._refuse("Too many failed logins; try again later")
             return
         if not self.server.sessions.try_open(self.peer):
-            self._send(Reply.SERVICE_UNAVAILABLE, "Too many sessions; try again later")
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            log.info("refused {peer}: too many sessions", peer=self.peer)
+            self._refuse("Too many sessions; try again later")
             return
         self._counted = True
         self.server.open_sessions.add(self)
@@ -152,6 +152,15 @@ class FTPSession(Protocol):
             self.prot_private = True
             self.pbsz = True
         self._send(Reply.SERVICE_READY, self.config.server.banner)
+
+    def _refuse(self, text: str) -> None:
+        """421 and close; on an implicit port close before the TLS handshake, saying nothing."""
+        self.closing = True
+        if self.implicit:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        self._send(Reply.SERVICE_UNAVAILABLE, text)
+        self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _set_nodelay(self) -> None:
         """TCP_NODELAY (no Nagle stalls), and SO_OOBINLINE so an urgent ABOR stays in the stream."""
@@ -271,6 +280,8 @@ class FTPSession(Protocol):
                 self.busy = True
                 result.addErrback(self._internal_error)
                 result.addBoth(self._finished_command)
+            else:
+                self._reset_idle_timer()
         if not self.busy and len(self.queue) <= MAX_QUEUED_COMMANDS and self.transport is not None:
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
@@ -288,6 +299,16 @@ class FTPSession(Protocol):
             self._send(Reply.LOCAL_ERROR, "Requested action aborted: local error in processing")
 
     def _handle_line(self, item: bytes | parser.LineTooLong) -> Deferred[Any] | None:
+        if self.avatar is None:
+            if self.server.guard.is_banned(self.peer, self.reactor.seconds()):
+                self._send(Reply.SERVICE_UNAVAILABLE, "Too many failed logins; closing")
+                self._close()
+                return None
+            self.commands_before_login += 1
+            if self.commands_before_login > MAX_COMMANDS_BEFORE_LOGIN:
+                self._send(Reply.SERVICE_UNAVAILABLE, "Too many commands before login; closing")
+                self._close()
+                return None
         if isinstance(item, parser.LineTooLong):
             self._send(Reply.SYNTAX_ERROR, "Command line too long")
             return None
@@ -300,17 +321,6 @@ class FTPSession(Protocol):
     def _dispatch(self, command: parser.Command) -> Deferred[Any] | None:
         if self.closing:
             return None
-        now = self.reactor.seconds()
-        if self.avatar is None:
-            if self.server.guard.is_banned(self.peer, now):
-                self._send(Reply.SERVICE_UNAVAILABLE, "Too many failed logins; closing")
-                self._close()
-                return None
-            self.commands_before_login += 1
-            if self.commands_before_login > MAX_COMMANDS_BEFORE_LOGIN:
-                self._send(Reply.SERVICE_UNAVAILABLE, "Too many commands before login; closing")
-                self._close()
-                return None
         spec = COMMANDS.get(command.verb)
         if spec is None:
             self._send(Reply.SYNTAX_ERROR, f"{command.verb} not understood")
@@ -368,7 +378,7 @@ class FTPSession(Protocol):
         self._login_timer = None
         if self.avatar is None and not self.closing:
             log.info("{peer}: login timeout", peer=self.peer)
-            if self.protected or not self.implicit:
+            if self.protected or not (self.implicit or self.tls_started):
                 self._send(Reply.SERVICE_UNAVAILABLE, "Login timeout; closing")
                 self._close()
             else:
@@ -422,6 +432,7 @@ class FTPSession(Protocol):
         # Anything pipelined after AUTH in the same packet came in clear: drop it.
         self.lines.clear()
         self.queue.clear()
+        self.tls_started = True
         self.transport.startTLS(connection_creator(context))  # type: ignore[union-attr]
 
     def ftp_PBSZ(self, argument: str) -> None:
@@ -611,6 +622,7 @@ class FTPSession(Protocol):
         if self.data is not None:
             self.data.close()
             self.data = None
+        was_logged_in = self.avatar is not None
         self._do_logout()
         self.avatar = None
         self.username = None
@@ -622,12 +634,13 @@ class FTPSession(Protocol):
         self.rest = 0
         self.binary = True
         self.epsv_all = False
-        self.commands_before_login = 0
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.cancel()
-        self._login_timer = self.reactor.callLater(
-            self.config.server.login_timeout, self._login_timed_out
-        )
+        if was_logged_in:
+            self.commands_before_login = 0
+            self._login_timer = self.reactor.callLater(
+                self.config.server.login_timeout, self._login_timed_out
+            )
         self._send(Reply.SERVICE_READY, "Session reset; log in again")
 
     def ftp_QUIT(self, argument: str) -> None:
@@ -755,7 +768,7 @@ class FTPSession(Protocol):
 
     def ftp_REST(self, argument: str) -> None:
         text = argument.strip()
-        if not text.isdigit() or len(text) > 18:
+        if not (text.isascii() and text.isdigit()) or len(text) > 18:
             self._send(Reply.SYNTAX_ERROR_ARGS, "REST needs a non-negative byte offset")
             return
         self.rest = int(text)
@@ -951,6 +964,10 @@ class FTPSession(Protocol):
             mode = addresses.parse_epsv_argument(argument or None)
         except addresses.AddressError as error:
             self._send(error.code, error.text)
+            return
+        if isinstance(mode, int) and mode != addresses.network_protocol(self.local_host):
+            self._send(Reply.DATA_TLS_FAILED, "Network protocol not supported, use ({})".format(
+                addresses.network_protocol(self.local_host)))
             return
         if mode == "ALL":
             self.epsv_all = True
@@ -1153,12 +1170,12 @@ class FTPSession(Protocol):
             transfer.path = upload.path
             receiver = FileReceiver(upload, connection)
 
-            def closed(reason: Failure) -> tuple[int, str]:
+            def closed(clean: bool) -> tuple[int, str]:
                 if receiver.error is not None:
                     receiver.error.raiseException()
                 if transfer.aborted:
                     return Reply.TRANSFER_ABORTED, "Transfer aborted"
-                if not clean_close(reason):
+                if not clean:
                     if protected:
                         return Reply.TRANSFER_ABORTED, "Upload ended without TLS close_notify: transfer failed, file not stored"
                     return Reply.TRANSFER_ABORTED, "Connection lost; transfer aborted"
@@ -1252,8 +1269,8 @@ class FTPSession(Protocol):
             transfer.channel.close()
 
 
-def _sent_result(reason: Failure) -> tuple[int, str]:
-    if clean_close(reason):
+def _sent_result(clean: bool) -> tuple[int, str]:
+    if clean:
         return Reply.TRANSFER_COMPLETE, "Transfer complete"
     return Reply.TRANSFER_ABORTED, "Connection closed; transfer aborted"
 

@@ -24,7 +24,7 @@ from securetransport.pki import init_pki
 from securetransport.service import SecureTransportService
 from securetransport.userstore import Account, open_user_store
 
-PASSWORD = "correct horse battery"
+PASSWORD = "correct-horse-battery-9"
 DEFAULT_CLASSES = """
 [[class]]
 name = "everyone"
