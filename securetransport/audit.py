@@ -72,7 +72,9 @@ class XferLog(_ReopenableFile):
         completed: bool,
         now: float | None = None,
     ) -> None:
-        stamp = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(now if now is not None else time.time()))
+        stamp = time.strftime(
+            "%a %b %d %H:%M:%S %Y", time.gmtime(now if now is not None else time.time())
+        )
         name = path.replace(" ", "_")
         self.write_line(
             f"{stamp} {max(1, round(seconds))} {host} {size} {name} {'b' if binary else 'a'} _ "
@@ -81,4 +83,7 @@ class XferLog(_ReopenableFile):
 
 
 def _iso(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + f".{int(timestamp % 1 * 1000):03d}Z"
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp))
+        + f".{int(timestamp % 1 * 1000):03d}Z"
+    )

@@ -130,7 +130,9 @@ class SecureTransportService(MultiService):
             )
         else:
             factory = FTPFactory(runtime)
-        port: IListeningPort = self.reactor.listenTCP(listen.port, factory, interface=listen.address)
+        port: IListeningPort = self.reactor.listenTCP(
+            listen.port, factory, interface=listen.address
+        )
         log.info(
             "serving {mode} FTPS on {address} port {port}",
             mode=listen.tls,

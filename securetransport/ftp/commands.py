@@ -109,4 +109,7 @@ DATA_COMMANDS = frozenset({"LIST", "NLST", "MLSD", "RETR", "STOR", "STOU", "APPE
 def help_text() -> list[str]:
     """Body lines of `214` for HELP without argument: the verbs, eight per line."""
     verbs = sorted(COMMANDS)
-    return [" " + " ".join(f"{v:<5}" for v in verbs[i : i + 8]).rstrip() for i in range(0, len(verbs), 8)]
+    return [
+        " " + " ".join(f"{v:<5}" for v in verbs[i : i + 8]).rstrip()
+        for i in range(0, len(verbs), 8)
+    ]

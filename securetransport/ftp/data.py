@@ -374,7 +374,9 @@ class FileSender:
 
     def stopProducing(self) -> None:
         self._stopped = True
-        self._finish(Failure(DataError(Reply.TRANSFER_ABORTED, "Connection closed; transfer aborted")))
+        self._finish(
+            Failure(DataError(Reply.TRANSFER_ABORTED, "Connection closed; transfer aborted"))
+        )
 
 
 class FileReceiver:

@@ -36,7 +36,6 @@ from securetransport.ftp.data import (
     DataTLS,
     FileReceiver,
     FileSender,
-    clean_close,
 )
 from securetransport.ftp.passive import NoPassivePort
 from securetransport.replies import Reply, format_multiline, format_reply
@@ -243,7 +242,8 @@ class FTPSession(Protocol):
             return
         if not self.protected and not self.implicit and data[:2] == b"\x16\x03" and not self.queue:
             log.warn(
-                "{peer}: TLS ClientHello on an explicit FTPS port: use AUTH TLS, or the implicit port",
+                "{peer}: TLS ClientHello on an explicit FTPS port: "
+                "use AUTH TLS, or the implicit port",
                 peer=self.peer,
             )
             self._close()
@@ -557,7 +557,9 @@ class FTPSession(Protocol):
         d.addErrback(self._login_failed, name, method)
         return d
 
-    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]], name: str, decision: Any, method: str) -> None:
+    def _logged_in(
+        self, result: tuple[Any, Any, Callable[[], None]], name: str, decision: Any, method: str
+    ) -> None:
         _, avatar, logout = result
         if self.closing:
             logout()
@@ -574,11 +576,17 @@ class FTPSession(Protocol):
         self._login_timer = None
         self._reset_idle_timer()
         self.server.audit.event(
-            "login", session=self.session_id, user=name, method=method, result="success",
+            "login",
+            session=self.session_id,
+            user=name,
+            method=method,
+            result="success",
             **{"class": getattr(self.klass, "name", None)},
         )
         if method == "certificate":
-            self._send(Reply.LOGGED_IN_CERTIFICATE, f"User {name} logged in with a client certificate")
+            self._send(
+                Reply.LOGGED_IN_CERTIFICATE, f"User {name} logged in with a client certificate"
+            )
         else:
             self._send(Reply.LOGGED_IN, f"User {name} logged in")
 
@@ -595,8 +603,13 @@ class FTPSession(Protocol):
         banned = guard.record_failure(self.peer, name, now)
         self.failed_logins += 1
         self.server.audit.event(
-            "login", session=self.session_id, user=name, method=method, result="failure",
-            client=self.peer, banned=banned,
+            "login",
+            session=self.session_id,
+            user=name,
+            method=method,
+            result="failure",
+            client=self.peer,
+            banned=banned,
         )
         done: Deferred[None] = Deferred()
 
@@ -667,7 +680,9 @@ class FTPSession(Protocol):
     def ftp_FEAT(self, argument: str) -> None:
         body = [" " + feature for feature in FEATURES]
         body.append(" " + listing.format_feat_mlst(self.mlst_facts))
-        self._send_raw(format_multiline(Reply.SYSTEM_STATUS, "Extensions supported:", sorted(body), "End"))
+        self._send_raw(
+            format_multiline(Reply.SYSTEM_STATUS, "Extensions supported:", sorted(body), "End")
+        )
 
     def ftp_OPTS(self, argument: str) -> None:
         option, _, value = argument.partition(" ")
@@ -693,12 +708,16 @@ class FTPSession(Protocol):
         if verb:
             spec = COMMANDS.get(verb)
             if spec is None:
-                self._send(Reply.SYNTAX_ERROR_ARGS, f"Unknown command {parser.sanitize_reply_text(verb)}")
+                self._send(
+                    Reply.SYNTAX_ERROR_ARGS, f"Unknown command {parser.sanitize_reply_text(verb)}"
+                )
             else:
                 self._send(Reply.HELP, spec.help)
             return
         self._send_raw(
-            format_multiline(Reply.HELP, "The following commands are recognized:", help_text(), "Help OK")
+            format_multiline(
+                Reply.HELP, "The following commands are recognized:", help_text(), "Help OK"
+            )
         )
 
     def ftp_SITE(self, argument: str) -> None:
@@ -712,7 +731,8 @@ class FTPSession(Protocol):
             transfer = self.transfer
             self._send(
                 Reply.SYSTEM_STATUS,
-                f"Transfer in progress: {transfer.verb} {parser.sanitize_reply_text(transfer.path)}, "
+                f"Transfer in progress: {transfer.verb} "
+                f"{parser.sanitize_reply_text(transfer.path)}, "
                 f"{transfer.bytes} bytes",
             )
             return None
@@ -722,7 +742,9 @@ class FTPSession(Protocol):
             d = self._listing_lines(path, "LIST")
             d.addCallback(
                 lambda lines: self._send_raw(
-                    format_multiline(Reply.FILE_STATUS, "Status follows:", [" " + line for line in lines], "End")
+                    format_multiline(
+                        Reply.FILE_STATUS, "Status follows:", [" " + line for line in lines], "End"
+                    )
                 )
             )
             d.addErrback(self._fs_error)
@@ -730,12 +752,19 @@ class FTPSession(Protocol):
         state = [
             f" Connected from {self.peer}",
             f" Logged in as {self.username}" if self.username else " Not logged in",
-            f" Control channel: {'TLS ' + str(getattr(self.handshake, 'tls_version', '')) if self.protected else 'clear'}",
+            f" Control channel: {self._channel_text()}",
             f" Data protection: {'Private' if self.prot_private else 'Clear'}",
             f" Type: {'BINARY' if self.binary else 'ASCII'}; mode: Stream; structure: File",
         ]
-        self._send_raw(format_multiline(Reply.SYSTEM_STATUS, "securetransport status:", state, "End of status"))
+        self._send_raw(
+            format_multiline(Reply.SYSTEM_STATUS, "securetransport status:", state, "End of status")
+        )
         return None
+
+    def _channel_text(self) -> str:
+        if not self.protected:
+            return "clear"
+        return f"TLS {getattr(self.handshake, 'tls_version', '')}"
 
     def ftp_TYPE(self, argument: str) -> None:
         kind = argument.strip().upper().split()
@@ -772,7 +801,9 @@ class FTPSession(Protocol):
             self._send(Reply.SYNTAX_ERROR_ARGS, "REST needs a non-negative byte offset")
             return
         self.rest = int(text)
-        self._send(Reply.PENDING_FURTHER_INFO, f"Restarting at {self.rest}; send RETR, STOR or APPE")
+        self._send(
+            Reply.PENDING_FURTHER_INFO, f"Restarting at {self.rest}; send RETR, STOR or APPE"
+        )
 
     # ----------------------------------------------------------------------------- paths
     def _filesystem(self) -> IFilesystem:
@@ -794,7 +825,9 @@ class FTPSession(Protocol):
                 self._send(Reply.FILE_UNAVAILABLE, "Not a folder")
                 return
             self.cwd = path
-            self._send(Reply.FILE_ACTION_OK, f"Folder changed to {parser.sanitize_reply_text(path)}")
+            self._send(
+                Reply.FILE_ACTION_OK, f"Folder changed to {parser.sanitize_reply_text(path)}"
+            )
 
         return d.addCallbacks(changed, self._fs_error)
 
@@ -804,7 +837,9 @@ class FTPSession(Protocol):
     def ftp_MKD(self, argument: str) -> Deferred[Any]:
         path = self._resolve(argument)
         d = self._filesystem().mkdir(path)
-        d.addCallback(lambda _: self._send(Reply.PATH_CREATED, f"{parser.quote_path(path)} created"))
+        d.addCallback(
+            lambda _: self._send(Reply.PATH_CREATED, f"{parser.quote_path(path)} created")
+        )
         return d.addErrback(self._fs_error)
 
     def ftp_RMD(self, argument: str) -> Deferred[Any]:
@@ -872,7 +907,8 @@ class FTPSession(Protocol):
         d = self._filesystem().set_mtime(path, mtime)
         d.addCallback(
             lambda _: self._send(
-                Reply.FILE_STATUS, f"Modify={listing.format_mdtm(mtime)}; {parser.sanitize_reply_text(name)}"
+                Reply.FILE_STATUS,
+                f"Modify={listing.format_mdtm(mtime)}; {parser.sanitize_reply_text(name)}",
             )
         )
         return d.addErrback(self._fs_error)
@@ -901,7 +937,14 @@ class FTPSession(Protocol):
             line = listing.format_mlst_reply_line(
                 stat, self.mlst_facts, name=path, writable=not self._read_only()
             )
-            self._send_raw(format_multiline(Reply.FILE_ACTION_OK, "Listing " + parser.sanitize_reply_text(path), [line], "End"))
+            self._send_raw(
+                format_multiline(
+                    Reply.FILE_ACTION_OK,
+                    "Listing " + parser.sanitize_reply_text(path),
+                    [line],
+                    "End",
+                )
+            )
 
         return self._filesystem().stat(path).addCallbacks(facts, self._fs_error)
 
@@ -920,10 +963,17 @@ class FTPSession(Protocol):
 
         def check(connection: Any) -> str | None:
             info = handshake_info(connection)
-            problem: str | None = check_data_session(control, info, session_reused(connection), required)
+            problem: str | None = check_data_session(
+                control, info, session_reused(connection), required
+            )
             self.server.audit.event(
-                "tls", session=self.session_id, channel="data", version=info.tls_version,
-                cipher=info.cipher, resumed=info.resumed, accepted=problem is None,
+                "tls",
+                session=self.session_id,
+                channel="data",
+                version=info.tls_version,
+                cipher=info.cipher,
+                resumed=info.resumed,
+                accepted=problem is None,
             )
             return problem
 
@@ -941,7 +991,9 @@ class FTPSession(Protocol):
         channel = self._new_channel()
         interface = self.local_host
         try:
-            return channel.listen_passive(lambda factory: self.server.passive.listen(factory, interface))
+            return channel.listen_passive(
+                lambda factory: self.server.passive.listen(factory, interface)
+            )
         except NoPassivePort:
             self.data = None
             self._send(Reply.CANT_OPEN_DATA, "No passive port free; try again")
@@ -966,8 +1018,11 @@ class FTPSession(Protocol):
             self._send(error.code, error.text)
             return
         if isinstance(mode, int) and mode != addresses.network_protocol(self.local_host):
-            self._send(Reply.DATA_TLS_FAILED, "Network protocol not supported, use ({})".format(
-                addresses.network_protocol(self.local_host)))
+            self._send(
+                Reply.DATA_TLS_FAILED,
+                "Network protocol not supported, use "
+                f"({addresses.network_protocol(self.local_host)})",
+            )
             return
         if mode == "ALL":
             self.epsv_all = True
@@ -991,7 +1046,13 @@ class FTPSession(Protocol):
             return
         refused = addresses.check_active_target(host, port, self.peer, verb)
         if refused is not None:
-            log.warn("{peer}: {verb} to {host}:{port} refused", peer=self.peer, verb=verb, host=host, port=port)
+            log.warn(
+                "{peer}: {verb} to {host}:{port} refused",
+                peer=self.peer,
+                verb=verb,
+                host=host,
+                port=port,
+            )
             self._send(refused.code, refused.text)
             return
         channel = self._new_channel()
@@ -1009,14 +1070,12 @@ class FTPSession(Protocol):
         if self.data is None:
             self._send(Reply.CANT_OPEN_DATA, "Use PASV, EPSV, PORT or EPRT first")
             return False
-        if (
-            self.klass is not None
-            and self.klass.ssl == "mandatory"
-            and not self.prot_private
-        ):
+        if self.klass is not None and self.klass.ssl == "mandatory" and not self.prot_private:
             self.data.close()
             self.data = None
-            self._send(Reply.PROT_NOT_ALLOWED, "Data protection required for this account: use PROT P")
+            self._send(
+                Reply.PROT_NOT_ALLOWED, "Data protection required for this account: use PROT P"
+            )
             return False
         return True
 
@@ -1066,7 +1125,10 @@ class FTPSession(Protocol):
                     if outcome.check(DataError):
                         code, text = outcome.value.code, outcome.value.text
                     elif outcome.check(FilesystemError):
-                        code, text = outcome.value.code, parser.sanitize_reply_text(outcome.value.message)
+                        code, text = (
+                            outcome.value.code,
+                            parser.sanitize_reply_text(outcome.value.message),
+                        )
                     else:
                         log.failure("transfer failed", outcome)
                         code, text = Reply.LOCAL_ERROR, "Transfer failed: local error"
@@ -1083,6 +1145,7 @@ class FTPSession(Protocol):
                     finish(code, text)
 
                 if isinstance(cleaned, Deferred):
+
                     def cleanup_failed(failure: Failure) -> None:
                         nonlocal code, text, ok
                         ok = False
@@ -1122,18 +1185,36 @@ class FTPSession(Protocol):
         connection = transfer.connection
         size = 0
         if connection is not None:
-            size = connection.bytes_sent if transfer.verb in ("RETR", "LIST", "NLST", "MLSD") else connection.bytes_received
+            size = (
+                connection.bytes_sent
+                if transfer.verb in ("RETR", "LIST", "NLST", "MLSD")
+                else connection.bytes_received
+            )
         if transfer.verb in ("LIST", "NLST", "MLSD"):
             return
         direction = "download" if transfer.verb == "RETR" else "upload"
         self.server.audit.event(
-            "transfer", session=self.session_id, user=self.username, command=transfer.verb,
-            path=transfer.path, bytes=size, seconds=round(seconds, 3), direction=direction,
-            result="ok" if ok else "failed", reply=int(code), protected=self.prot_private,
+            "transfer",
+            session=self.session_id,
+            user=self.username,
+            command=transfer.verb,
+            path=transfer.path,
+            bytes=size,
+            seconds=round(seconds, 3),
+            direction=direction,
+            result="ok" if ok else "failed",
+            reply=int(code),
+            protected=self.prot_private,
         )
         self.server.xferlog.transfer(
-            seconds=seconds, host=self.peer, size=size, path=transfer.path, binary=self.binary,
-            direction="o" if transfer.verb == "RETR" else "i", user=self.username or "-", completed=ok,
+            seconds=seconds,
+            host=self.peer,
+            size=size,
+            path=transfer.path,
+            binary=self.binary,
+            direction="o" if transfer.verb == "RETR" else "i",
+            user=self.username or "-",
+            completed=ok,
         )
 
     def ftp_RETR(self, argument: str) -> Deferred[Any] | None:
@@ -1144,7 +1225,9 @@ class FTPSession(Protocol):
         def prepare() -> Deferred[Any]:
             return fs.open_read(path)
 
-        def run(handle: Any, connection: DataConnection, transfer: _Transfer) -> Deferred[tuple[int, str]]:
+        def run(
+            handle: Any, connection: DataConnection, transfer: _Transfer
+        ) -> Deferred[tuple[int, str]]:
             if offset > handle.size:
                 raise DataError(Reply.BAD_RESTART, "Restart offset beyond the end of the file")
             sender = FileSender(handle, connection, offset)
@@ -1157,7 +1240,9 @@ class FTPSession(Protocol):
 
         return self._run_transfer("RETR", path, prepare, run, cleanup)
 
-    def _upload(self, verb: str, argument: str, *, append: bool = False, unique: bool = False) -> Deferred[Any] | None:
+    def _upload(
+        self, verb: str, argument: str, *, append: bool = False, unique: bool = False
+    ) -> Deferred[Any] | None:
         fs = self._filesystem()
         path = self._resolve(argument) if argument else self._resolve("upload")
         offset, self.rest = self.rest, 0
@@ -1166,7 +1251,9 @@ class FTPSession(Protocol):
         def prepare() -> Deferred[Any]:
             return fs.open_upload(path, offset=offset, append=append, unique=unique)
 
-        def run(upload: Any, connection: DataConnection, transfer: _Transfer) -> Deferred[tuple[int, str]]:
+        def run(
+            upload: Any, connection: DataConnection, transfer: _Transfer
+        ) -> Deferred[tuple[int, str]]:
             transfer.path = upload.path
             receiver = FileReceiver(upload, connection)
 
@@ -1177,7 +1264,11 @@ class FTPSession(Protocol):
                     return Reply.TRANSFER_ABORTED, "Transfer aborted"
                 if not clean:
                     if protected:
-                        return Reply.TRANSFER_ABORTED, "Upload ended without TLS close_notify: transfer failed, file not stored"
+                        return (
+                            Reply.TRANSFER_ABORTED,
+                            "Upload ended without TLS close_notify: "
+                            "transfer failed, file not stored",
+                        )
                     return Reply.TRANSFER_ABORTED, "Connection lost; transfer aborted"
                 name = parser.sanitize_reply_text(upload.path)
                 if unique:
@@ -1211,8 +1302,13 @@ class FTPSession(Protocol):
                     return [path]
                 return [listing.format_nlst_line(stat) for stat in stats]
             if verb == "MLSD":
-                return [listing.format_mlsx_facts(stat, self.mlst_facts, writable=writable) for stat in stats]
-            return [listing.format_list_line(stat, time.time() if now < 1e9 else now) for stat in stats]
+                return [
+                    listing.format_mlsx_facts(stat, self.mlst_facts, writable=writable)
+                    for stat in stats
+                ]
+            return [
+                listing.format_list_line(stat, time.time() if now < 1e9 else now) for stat in stats
+            ]
 
         def stat_done(stat: Any) -> Deferred[list[str]] | list[str]:
             if stat.is_dir:
@@ -1230,7 +1326,9 @@ class FTPSession(Protocol):
         def prepare() -> Deferred[Any]:
             return self._listing_lines(path, verb)
 
-        def run(lines: list[str], connection: DataConnection, transfer: _Transfer) -> Deferred[tuple[int, str]]:
+        def run(
+            lines: list[str], connection: DataConnection, transfer: _Transfer
+        ) -> Deferred[tuple[int, str]]:
             payload = "".join(line + "\r\n" for line in lines).encode("utf-8")
             if payload:
                 connection.write(payload)

@@ -181,15 +181,32 @@ def in_thread(fn: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
     return threads.deferToThread(fn, *args, **kwargs)
 
 
-def run_tool(tool: str, args: list[str], *, path: Path | None = None, env: dict[str, str] | None = None) -> defer.Deferred[tuple[bytes, bytes, int]]:
+def run_tool(
+    tool: str, args: list[str], *, path: Path | None = None, env: dict[str, str] | None = None
+) -> defer.Deferred[tuple[bytes, bytes, int]]:
     """Run curl or lftp without blocking the reactor; fires with (stdout, stderr, exit code)."""
     executable = require_tool(tool)
-    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(path or "/tmp"), "LC_ALL": "C"}
+    environment = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(path or "/tmp"),
+        "LC_ALL": "C",
+    }
     environment.update(env or {})
-    return getProcessOutputAndValue(executable, args, env=environment, path=str(path) if path else None)
+    return getProcessOutputAndValue(
+        executable, args, env=environment, path=str(path) if path else None
+    )
 
 
-def lftp_script(server: LiveServer, commands: str, *, user: str = "alice", password: str = PASSWORD, implicit: bool = False, tls: bool = True, extra: str = "") -> list[str]:
+def lftp_script(
+    server: LiveServer,
+    commands: str,
+    *,
+    user: str = "alice",
+    password: str = PASSWORD,
+    implicit: bool = False,
+    tls: bool = True,
+    extra: str = "",
+) -> list[str]:
     """Arguments for lftp running `commands` against the server, with a bounded retry policy."""
     scheme = "ftps" if implicit else "ftp"
     port = server.implicit_port if implicit else server.explicit_port
@@ -207,7 +224,10 @@ def lftp_script(server: LiveServer, commands: str, *, user: str = "alice", passw
     ]
     if extra:
         settings.append(extra)
-    script = "; ".join(settings) + f"; open -u {user},{password} {scheme}://127.0.0.1:{port}; {commands}; bye"
+    script = (
+        "; ".join(settings)
+        + f"; open -u {user},{password} {scheme}://127.0.0.1:{port}; {commands}; bye"
+    )
     return ["-c", script]
 
 

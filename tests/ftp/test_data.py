@@ -24,7 +24,6 @@ from securetransport.ftp.data import (
     DataTLS,
     FileReceiver,
     FileSender,
-    clean_close,
 )
 
 PEER = "127.0.0.1"
