@@ -488,9 +488,18 @@ class FTPSession(Protocol):
             lookup: Deferred[Any] = self.server.users.get(name)
         else:
             lookup = defer.succeed(None)
-        return lookup.addCallback(self._decide_user, name)
+        fingerprint = getattr(self.certificate, "fingerprint", None)
+        if fingerprint:
+            pins: Deferred[Any] = self.server.users.find_by_fingerprint(fingerprint)
+        else:
+            pins = defer.succeed([])
+        both = defer.gatherResults([lookup, pins], consumeErrors=True)
+        both.addErrback(lambda failure: failure.value.subFailure)  # type: ignore[attr-defined]
+        return both.addCallback(lambda found: self._decide_user(found[0], name, found[1]))
 
-    def _decide_user(self, account: Any, name: str) -> Deferred[Any] | None:
+    def _decide_user(
+        self, account: Any, name: str, pinned_on: list[str] | None = None
+    ) -> Deferred[Any] | None:
         from securetransport.policy import decide_user
 
         if account is not None and not account.enabled:
@@ -504,6 +513,7 @@ class FTPSession(Protocol):
             trust=trust,
             certificate_user=self.config.tls.certificate_user,
             now=datetime.now(UTC),
+            pinned_elsewhere=any(other != name for other in pinned_on or ()),
         )
         verdict = decision.verdict
         self.server.audit.event(
