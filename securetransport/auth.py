@@ -127,7 +127,7 @@ class PasswordChecker:
             return str(account.name)
         return None
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[str]:
+    def requestAvatarId(self, credentials: Any) -> Deferred[str]:  # type: ignore[override]  # str avatar IDs
         d = self._pool.submit(self._check, _text(credentials.username), credentials.password)
 
         def decide(name: str | None) -> str:
@@ -147,7 +147,7 @@ class CertificateChecker:
     def __init__(self, store: AsyncUserStore) -> None:
         self._store = store
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[str]:
+    def requestAvatarId(self, credentials: Any) -> Deferred[str]:  # type: ignore[override]  # str avatar IDs
         name = _text(credentials.username)
         try:
             fingerprint = normalize_fingerprint(credentials.fingerprint)
@@ -174,7 +174,7 @@ class FTPRealm:
         self._filesystem_factory = filesystem_factory
         self._store = store
 
-    def requestAvatar(
+    def requestAvatar(  # type: ignore[override]
         self, avatarId: Any, mind: object, *interfaces: Any
     ) -> Deferred[tuple[Any, FTPAvatar, Callable[[], None]]]:
         if IFTPAvatar not in interfaces:

@@ -10,6 +10,7 @@ from twisted.application.service import MultiService
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
@@ -18,10 +19,13 @@ from securetransport.audit import AuditLog, XferLog
 from securetransport.config import Config
 from securetransport.ftp.passive import PassivePortProvider
 from securetransport.ftp.protocol import FTPFactory
+from securetransport.ftp.sniff import ImplicitPortWatch
 from securetransport.limits import LoginGuard, SessionCounter
 from securetransport.runtime import ServerRuntime, TLSRuntime
 
 log = Logger(namespace="securetransport.service")
+
+RELOAD_CHECK_SECONDS = 30.0
 
 
 def load_tls(config: Config, previous: TLSRuntime | None = None) -> TLSRuntime | None:
@@ -35,9 +39,34 @@ def load_tls(config: Config, previous: TLSRuntime | None = None) -> TLSRuntime |
         config.tls.client_ca, config.tls.crl, previous=previous.trust if previous else None
     )
     credentials = load_server_credentials(config.tls)
-    for warning in getattr(credentials, "warnings", ()):
+    from datetime import UTC, datetime
+
+    from securetransport.tls.verify import crl_warnings
+
+    for warning in (
+        *credentials.warnings,
+        *trust.warnings,
+        *crl_warnings(trust, datetime.now(UTC)),
+    ):
         log.warn("{warning}", warning=warning)
     return TLSRuntime(contexts=SessionContextFactory(credentials), trust=trust)
+
+
+def tls_files(config: Config) -> list[Any]:
+    """The [tls] files whose change triggers a reload."""
+    tls = config.tls
+    return [p for p in (tls.certificate, tls.private_key, tls.client_ca, *tls.crl) if p is not None]
+
+
+def file_stamps(paths: list[Any]) -> tuple[tuple[str, float, int], ...]:
+    stamps = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+            stamps.append((str(path), info.st_mtime, info.st_size))
+        except OSError:
+            stamps.append((str(path), -1.0, -1))
+    return tuple(stamps)
 
 
 class SecureTransportService(MultiService):
@@ -55,6 +84,8 @@ class SecureTransportService(MultiService):
         self.runtime: ServerRuntime | None = None
         self._pools: list[Any] = []
         self._store: Any = None
+        self._watch: LoopingCall | None = None
+        self._stamps: tuple[tuple[str, float, int], ...] = ()
 
     def build_runtime(self) -> ServerRuntime:
         from securetransport.auth import make_portal
@@ -115,6 +146,19 @@ class SecureTransportService(MultiService):
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         except ValueError:  # not the main thread (tests)
             pass
+        if self.config.tls.enabled:
+            self._stamps = file_stamps(tls_files(self.config))
+            self._watch = LoopingCall(self._check_tls_files)
+            self._watch.clock = self.reactor
+            self._watch.start(RELOAD_CHECK_SECONDS, now=False)
+
+    def _check_tls_files(self) -> None:
+        """Reload the [tls] files (CRLs above all) when one of them changed on disk."""
+        stamps = file_stamps(tls_files(self.config))
+        if stamps != self._stamps:
+            self._stamps = stamps
+            log.info("a [tls] file changed on disk; reloading")
+            self.reload()
 
     def _listen(self, listen: Any) -> IListeningPort:
         assert self.runtime is not None
@@ -123,10 +167,12 @@ class SecureTransportService(MultiService):
             from securetransport.tls.context import connection_creator
 
             assert runtime.tls is not None
-            factory: Any = TLSMemoryBIOFactory(
-                connection_creator(runtime.tls.contexts.new_session_context),
-                False,
-                FTPFactory(runtime, implicit=True),
+            factory: Any = ImplicitPortWatch(
+                TLSMemoryBIOFactory(
+                    connection_creator(runtime.tls.contexts.new_session_context),
+                    False,
+                    FTPFactory(runtime, implicit=True),
+                )
             )
         else:
             factory = FTPFactory(runtime)
@@ -134,7 +180,7 @@ class SecureTransportService(MultiService):
             listen.port, factory, interface=listen.address
         )
         log.info(
-            "serving {mode} FTPS on {address} port {port}",
+            "serving FTP ({mode} TLS) on {address} port {port}",
             mode=listen.tls,
             address=listen.address,
             port=port.getHost().port,  # type: ignore[attr-defined]
@@ -157,6 +203,8 @@ class SecureTransportService(MultiService):
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
+        if self._watch is not None and self._watch.running:
+            self._watch.stop()
         runtime = self.runtime
         waits = [defer.maybeDeferred(port.stopListening) for port in self.ports]
         self.ports = []

@@ -1,4 +1,4 @@
-"""The twistd plugin is packaged: a wheel built from the repo installs into a fresh venv and serves."""
+"""The twistd plugin is packaged: a wheel from the repo installs in a fresh venv and serves."""
 
 from __future__ import annotations
 

@@ -82,15 +82,17 @@ class DataConnection(Protocol):
             self._set_ready()
             return
         # The server is the TLS server on data connections in both directions (RFC 4217).
-        self.transport.startTLS(self.tls.creator, normal=self.server_side)  # type: ignore[attr-defined]
+        transport: Any = self.transport
+        transport.startTLS(self.tls.creator, normal=self.server_side)
 
     def handshakeCompleted(self) -> None:
         assert self.tls is not None
-        self.tls_connection = self.transport.getHandle()  # type: ignore[attr-defined]
+        transport: Any = self.transport
+        self.tls_connection = transport.getHandle()
         problem = self.tls.check(self.tls_connection)
         if problem is not None:
             self._fail(DataError(Reply.DATA_TLS_FAILED, problem))
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            transport.abortConnection()
             return
         self._set_ready()
 

@@ -38,6 +38,7 @@ from securetransport.ftp.data import (
     FileSender,
 )
 from securetransport.ftp.passive import NoPassivePort
+from securetransport.ftp.sniff import describe_first_bytes
 from securetransport.replies import Reply, format_multiline, format_reply
 from securetransport.runtime import ServerRuntime
 from securetransport.userstore import valid_account_name
@@ -59,6 +60,8 @@ class _Transfer:
         self.connection: DataConnection | None = None
         self.channel: DataChannel | None = None
         self.aborted = False
+        self.stalled = False
+        self.watchdog: IDelayedCall | None = None
         self.started = time.monotonic()
 
     @property
@@ -120,8 +123,8 @@ class FTPSession(Protocol):
 
     # ----------------------------------------------------------------------------- connection
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
-        host = self.transport.getHost()  # type: ignore[union-attr]
+        peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
+        host: Any = self.transport.getHost()  # type: ignore[union-attr]
         self.peer = normalize_address(peer.host)
         self.local_host = host.host
         self.session_id = f"{self.peer}:{peer.port}-{int(time.time() * 1000) % 10**9}"
@@ -240,7 +243,13 @@ class FTPSession(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
-        if not self.protected and not self.implicit and data[:2] == b"\x16\x03" and not self.queue:
+        if (
+            not self.protected
+            and not self.tls_started
+            and not self.implicit
+            and not self.queue
+            and describe_first_bytes(data) == "tls"
+        ):
             log.warn(
                 "{peer}: TLS ClientHello on an explicit FTPS port: "
                 "use AUTH TLS, or the implicit port",
@@ -283,7 +292,7 @@ class FTPSession(Protocol):
             else:
                 self._reset_idle_timer()
         if not self.busy and len(self.queue) <= MAX_QUEUED_COMMANDS and self.transport is not None:
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+            self.transport.resumeProducing()  # type: ignore[union-attr,attr-defined]
 
     def _finished_command(self, _: object) -> None:
         self.busy = False
@@ -493,8 +502,8 @@ class FTPSession(Protocol):
             pins: Deferred[Any] = self.server.users.find_by_fingerprint(fingerprint)
         else:
             pins = defer.succeed([])
-        both = defer.gatherResults([lookup, pins], consumeErrors=True)
-        both.addErrback(lambda failure: failure.value.subFailure)  # type: ignore[attr-defined]
+        both: Deferred[Any] = defer.gatherResults([lookup, pins], consumeErrors=True)
+        both.addErrback(_first_error)
         return both.addCallback(lambda found: self._decide_user(found[0], name, found[1]))
 
     def _decide_user(
@@ -538,6 +547,7 @@ class FTPSession(Protocol):
         if decision.reply == Reply.LOGGED_IN_CERTIFICATE:
             from securetransport.auth import CertificateLogin
 
+            assert verdict is not None and verdict.fingerprint is not None
             credentials = CertificateLogin(name, verdict.fingerprint)
             return self._login(credentials, name, decision, "certificate")
         if decision.reply == Reply.NEED_PASSWORD:
@@ -605,6 +615,7 @@ class FTPSession(Protocol):
 
         if failure.check(PoolFull):
             self._send(Reply.SERVICE_UNAVAILABLE, "Server busy; try again later")
+            self._close()
             return None
         failure.trap(UnauthorizedLogin)
         now = self.reactor.seconds()
@@ -1125,6 +1136,7 @@ class FTPSession(Protocol):
 
             def connected(connection: DataConnection) -> Deferred[Any]:
                 transfer.connection = connection
+                self._watch_progress(transfer, -1)
                 if not announced:
                     self._send(Reply.OPENING_DATA, f"Opening data connection for {verb}")
                 return run(resource, connection, transfer)
@@ -1132,13 +1144,11 @@ class FTPSession(Protocol):
             def done(outcome: Any) -> Deferred[Any] | None:
                 if isinstance(outcome, Failure):
                     ok = False
-                    if outcome.check(DataError):
-                        code, text = outcome.value.code, outcome.value.text
-                    elif outcome.check(FilesystemError):
-                        code, text = (
-                            outcome.value.code,
-                            parser.sanitize_reply_text(outcome.value.message),
-                        )
+                    error = outcome.value
+                    if isinstance(error, DataError):
+                        code, text = error.code, error.text
+                    elif isinstance(error, FilesystemError):
+                        code, text = error.code, parser.sanitize_reply_text(error.message)
                     else:
                         log.failure("transfer failed", outcome)
                         code, text = Reply.LOCAL_ERROR, "Transfer failed: local error"
@@ -1147,6 +1157,11 @@ class FTPSession(Protocol):
                     ok = code == Reply.TRANSFER_COMPLETE
                     if transfer.aborted:
                         ok = False
+                if transfer.stalled:
+                    ok = False
+                    code, text = Reply.TRANSFER_ABORTED, "Data connection timed out"
+                if transfer.watchdog is not None and transfer.watchdog.active():
+                    transfer.watchdog.cancel()
                 seconds = time.monotonic() - transfer.started
                 cleaned = cleanup(resource, ok)
 
@@ -1190,6 +1205,18 @@ class FTPSession(Protocol):
             started = defer.fail(error)
         started.addCallbacks(prepared, not_prepared)
         return result
+
+    def _watch_progress(self, transfer: _Transfer, last: int) -> None:
+        """Abort the transfer when no byte moved for `data_timeout` seconds."""
+        if self.transfer is not transfer or transfer.connection is None:
+            return
+        if transfer.bytes == last:
+            transfer.stalled = True
+            transfer.connection.abort()
+            return
+        transfer.watchdog = self.reactor.callLater(
+            self.config.server.data_timeout, self._watch_progress, transfer, transfer.bytes
+        )
 
     def _record_transfer(self, transfer: _Transfer, ok: bool, seconds: float, code: int) -> None:
         connection = transfer.connection
@@ -1241,9 +1268,8 @@ class FTPSession(Protocol):
             if offset > handle.size:
                 raise DataError(Reply.BAD_RESTART, "Restart offset beyond the end of the file")
             sender = FileSender(handle, connection, offset)
-            d = sender.start()
-            d.addCallback(lambda _: connection.finish())
-            return d.addCallback(_sent_result)
+            finished: Deferred[bool] = sender.start().addCallback(lambda _: connection.finish())
+            return finished.addCallback(_sent_result)
 
         def cleanup(handle: Any, ok: bool) -> None:
             handle.close()
@@ -1371,10 +1397,17 @@ class FTPSession(Protocol):
         if transfer is None:
             return
         transfer.aborted = True
+        if transfer.watchdog is not None and transfer.watchdog.active():
+            transfer.watchdog.cancel()
         if transfer.connection is not None:
             transfer.connection.abort()
         if transfer.channel is not None:
             transfer.channel.close()
+
+
+def _first_error(failure: Failure) -> Failure:
+    """gatherResults wraps the first failure in a FirstError: unwrap it."""
+    return getattr(failure.value, "subFailure", failure)  # type: ignore[no-any-return]
 
 
 def _sent_result(clean: bool) -> tuple[int, str]:

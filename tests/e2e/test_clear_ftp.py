@@ -131,7 +131,12 @@ class FtplibTests(TestCase):
         def session() -> list[str]:
             ftp = ftp_login(self.server)
             replies = []
-            for path in ("../secret.txt", "/../../secret.txt", "link/secret.txt", "..%2fsecret.txt"):
+            for path in (
+                "../secret.txt",
+                "/../../secret.txt",
+                "link/secret.txt",
+                "..%2fsecret.txt",
+            ):
                 try:
                     ftp.retrbinary(f"RETR {path}", lambda data: replies.append("LEAK"))
                     replies.append("226")
@@ -186,7 +191,9 @@ class FtplibTests(TestCase):
             ftp = ftp_login(self.server)
             conn = ftp.transfercmd("STOR keep.bin")
             conn.sendall(b"x" * 100000)
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            conn.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
             conn.close()  # RST: the upload did not end cleanly
             try:
                 reply = ftp.voidresp()
@@ -254,7 +261,9 @@ class CurlAndLftpClearTests(TestCase):
         out, err, code = yield run_tool("curl", auth + [self.url("/")])
         self.assertEqual(code, 0, err)
         self.assertIn(b" c.bin", out)
-        out, err, code = yield run_tool("curl", auth + ["-C", "-", "-o", str(back), self.url("/c.bin")])
+        out, err, code = yield run_tool(
+            "curl", auth + ["-C", "-", "-o", str(back), self.url("/c.bin")]
+        )
         self.assertEqual(code, 0, err)
         self.assertEqual(sha256_file(back), digest)
 
