@@ -79,7 +79,9 @@ class LiveServer:
         certificate_user: str = "common-name",
         min_version: str = "TLSv1.2",
         listen_address: str = "127.0.0.1",
+        crl: tuple[str, ...] = (),
     ) -> None:
+        """`crl`: paths for `tls.crl`, relative to `root` (write the files before `start()`)."""
         self.case = case
         self.root = Path(case.mktemp()).absolute()
         self.root.mkdir(parents=True)
@@ -87,6 +89,7 @@ class LiveServer:
         init_pki(self.pki, list(users))
         self.home_root = self.root / "home"
         first = random.randrange(61000, 64900)
+        crl_list = ", ".join(f'"{path}"' for path in crl)
         tls_section = (
             f"""
 [tls]
@@ -95,6 +98,7 @@ private_key = "pki/server.key"
 client_ca = "pki/ca.crt"
 certificate_user = "{certificate_user}"
 min_version = "{min_version}"
+crl = [{crl_list}]
 """
             if tls
             else ""
