@@ -48,7 +48,7 @@ def load_tls(config: Config, previous: TLSRuntime | None = None) -> TLSRuntime |
         *trust.warnings,
         *crl_warnings(trust, datetime.now(UTC)),
     ):
-        log.warn("{warning}", warning=warning)
+        log.warn("{text}", text=warning)
     return TLSRuntime(contexts=SessionContextFactory(credentials), trust=trust)
 
 

@@ -362,6 +362,21 @@ def open_user_store(url: str) -> IUserStore:
 # --- non-blocking wrapper -----------------------------------------------------------
 
 
+def pinned_by_enabled_account(store: Any, fingerprint: str | None) -> bool:
+    """Blocking: does any enabled account pin `fingerprint`? (`policy.decide_user`'s
+    `pinned_elsewhere`: such a certificate never names an account by its attributes.)"""
+    if not fingerprint:
+        return False
+    finder = getattr(store, "find_by_fingerprint", None)
+    if finder is None:
+        return False
+    for owner in finder(fingerprint):
+        found = store.get(owner)
+        if found is not None and found.enabled:
+            return True
+    return False
+
+
 class AsyncUserStore:
     """Runs a blocking IUserStore in a thread pool; every method returns a Deferred."""
 
@@ -375,6 +390,9 @@ class AsyncUserStore:
 
     def get(self, name: str) -> Deferred[Account | None]:
         return self._run(self.store.get, name)
+
+    def pinned_by_enabled_account(self, fingerprint: str | None) -> Deferred[bool]:
+        return self._run(pinned_by_enabled_account, self.store, fingerprint)
 
     def list(self) -> Deferred[builtins.list[Account]]:
         return self._run(self.store.list)

@@ -28,6 +28,7 @@ from securetransport.userstore import (
     Account,
     UserStoreError,
     open_user_store,
+    pinned_by_enabled_account,
     valid_account_name,
 )
 
@@ -105,10 +106,7 @@ def _account(config: Config, name: str, fingerprint: str | None) -> tuple[Accoun
         raise CommandError(str(error)) from None
     try:
         account = store.get(name)
-        pinned = False
-        for owner in store.find_by_fingerprint(fingerprint) if fingerprint else ():
-            found = store.get(owner)
-            pinned = pinned or (found is not None and found.enabled)
+        pinned = pinned_by_enabled_account(store, fingerprint)
     except UserStoreError as error:
         raise CommandError(str(error)) from None
     finally:

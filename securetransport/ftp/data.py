@@ -16,6 +16,8 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IListeningPort
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -50,6 +52,56 @@ class DataTLS:
         self.check = check  # SSL.Connection -> None, or the text of a 522
 
 
+class TicketGate(ProtocolWrapper):
+    """Sits under TLS on a data connection and can hold back what the server writes.
+
+    After a TLS 1.3 handshake OpenSSL sends session tickets that an uploading client
+    never reads; when such a client closes, the unread bytes make its kernel send a
+    reset, which destroys the end of the upload (curl#6149, lftp#666, proftpd#959).
+    Held until the upload ends, the tickets are still in our buffer when the client
+    closes, so it closes with a FIN. Order is kept: held bytes go out before anything
+    written later, and all of it before the connection is closed.
+    """
+
+    def __init__(self, factory: WrappingFactory[Any], wrapped: Protocol) -> None:
+        super().__init__(factory, wrapped)
+        self.holding = False
+        self._held: list[bytes] = []
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def release(self) -> None:
+        self.holding = False
+        if self._held and self.transport is not None:
+            held, self._held = b"".join(self._held), []
+            self.transport.write(held)
+
+    def write(self, data: bytes) -> None:
+        if self.holding:
+            self._held.append(data)
+        else:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def writeSequence(self, data: Any) -> None:
+        for chunk in data:
+            self.write(chunk)
+
+    def loseConnection(self) -> None:
+        self.release()
+        super().loseConnection()
+
+
+class _Prebuilt(Factory):
+    """A factory that hands out one protocol built beforehand."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self._protocol
+
+
 def clean_close(reason: Failure) -> bool:
     """True when the peer closed cleanly (FIN in clear, close_notify under TLS)."""
     return reason.check(netError.ConnectionDone) is not None
@@ -75,20 +127,21 @@ class DataConnection(Protocol):
         self._on_data: Callable[[bytes], None] | None = None
         self._reading_paused = False
         self.tls_connection: Any = None
+        self.gate: TicketGate | None = None
+        self.direction: str | None = None  # "send" (RETR, listings) or "receive" (uploads)
 
     # -- connection events ---------------------------------------------------------------
     def connectionMade(self) -> None:
+        # Under TLS this is called by the TLS layer, which starts the handshake at once.
         if self.tls is None:
             self._set_ready()
-            return
-        # The server is the TLS server on data connections in both directions (RFC 4217).
-        transport: Any = self.transport
-        transport.startTLS(self.tls.creator, normal=self.server_side)
 
     def handshakeCompleted(self) -> None:
         assert self.tls is not None
         transport: Any = self.transport
         self.tls_connection = transport.getHandle()
+        if self.gate is not None and self.direction != "send":
+            self.gate.hold()  # what follows are session tickets: see TicketGate
         problem = self.tls.check(self.tls_connection)
         if problem is not None:
             self._fail(DataError(Reply.DATA_TLS_FAILED, problem))
@@ -141,6 +194,12 @@ class DataConnection(Protocol):
     def _fail(self, error: DataError) -> None:
         self._settle(error)
 
+    def expect(self, direction: str) -> None:
+        """The transfer's direction is known: downloads release what the gate holds."""
+        self.direction = direction
+        if direction == "send" and self.gate is not None:
+            self.gate.release()
+
     def attach(self, on_data: Callable[[bytes], None]) -> None:
         """Deliver received data (buffered data first) to `on_data`."""
         self._on_data = on_data
@@ -188,7 +247,7 @@ class _ActiveFactory(ClientFactory):
         self.channel = channel
 
     def buildProtocol(self, addr: Any) -> Protocol:
-        return self.channel._new_connection(server_side=False)
+        return self.channel._new_connection(server_side=False, addr=addr)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         self.channel._connect_failed(reason)
@@ -214,6 +273,7 @@ class DataChannel:
         self._waiter: Deferred[DataConnection] | None = None
         self._timer: IDelayedCall | None = None
         self._connect_error: DataError | None = None
+        self.direction: str | None = None
 
     # -- set-up ------------------------------------------------------------------------------
     def listen_passive(self, listen: Callable[[Factory], IListeningPort]) -> int:
@@ -242,14 +302,29 @@ class DataChannel:
         if self.connection is not None:
             return None
         self._stop_listening()
-        return self._new_connection(server_side=True)
+        return self._new_connection(server_side=True, addr=addr)
 
-    def _new_connection(self, server_side: bool) -> DataConnection:
+    def _new_connection(self, server_side: bool, addr: Any = None) -> Protocol:
         connection = DataConnection(self.tls, server_side)
         self.connection = connection
+        if self.direction is not None:
+            connection.expect(self.direction)
         if self._waiter is not None:
             connection.when_settled(self._settled)
-        return connection
+        if self.tls is None:
+            return connection
+        # The server is the TLS server on data connections in both directions (RFC 4217).
+        tls_factory = TLSMemoryBIOFactory(self.tls.creator, False, _Prebuilt(connection))
+        tls_protocol = tls_factory.buildProtocol(addr)
+        gate = TicketGate(WrappingFactory(tls_factory), tls_protocol)
+        connection.gate = gate
+        return gate
+
+    def expect(self, direction: str) -> None:
+        """Tell the (coming) data connection which way the transfer goes."""
+        self.direction = direction
+        if self.connection is not None:
+            self.connection.expect(direction)
 
     def _connect_failed(self, reason: Failure) -> None:
         self._connect_error = DataError(Reply.CANT_OPEN_DATA, "Can't open data connection")

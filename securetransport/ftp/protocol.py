@@ -499,16 +499,14 @@ class FTPSession(Protocol):
             lookup = defer.succeed(None)
         fingerprint = getattr(self.certificate, "fingerprint", None)
         if fingerprint:
-            pins: Deferred[Any] = self.server.users.find_by_fingerprint(fingerprint)
+            pins: Deferred[Any] = self.server.users.pinned_by_enabled_account(fingerprint)
         else:
-            pins = defer.succeed([])
+            pins = defer.succeed(False)
         both: Deferred[Any] = defer.gatherResults([lookup, pins], consumeErrors=True)
         both.addErrback(_first_error)
         return both.addCallback(lambda found: self._decide_user(found[0], name, found[1]))
 
-    def _decide_user(
-        self, account: Any, name: str, pinned_on: list[str] | None = None
-    ) -> Deferred[Any] | None:
+    def _decide_user(self, account: Any, name: str, pinned: bool = False) -> Deferred[Any] | None:
         from securetransport.policy import decide_user
 
         if account is not None and not account.enabled:
@@ -522,7 +520,7 @@ class FTPSession(Protocol):
             trust=trust,
             certificate_user=self.config.tls.certificate_user,
             now=datetime.now(UTC),
-            pinned_elsewhere=any(other != name for other in pinned_on or ()),
+            pinned_elsewhere=pinned,
         )
         verdict = decision.verdict
         self.server.audit.event(
@@ -1128,6 +1126,7 @@ class FTPSession(Protocol):
             result.callback(None)
 
         def prepared(resource: Any) -> None:
+            channel.expect("receive" if verb in ("STOR", "APPE", "STOU") else "send")
             announced = False
             if not channel.settled_before_command():
                 self._send(Reply.OPENING_DATA, f"Opening data connection for {verb}")

@@ -416,15 +416,22 @@ def connection_creator(
 
 
 def _peer_chain(connection: SSL.Connection) -> tuple[bytes, ...]:
+    """The presented certificates as DER, leaf first, taken through OpenSSL only.
+
+    No parsing by `cryptography` here: a certificate it refuses (an unparseable
+    subject, say) must reach `verify_certificate`, which says "unparseable".
+    """
     chain: list[bytes] = []
-    leaf = connection.get_peer_certificate(as_cryptography=True)
-    # The server side's peer chain leaves the leaf out; be robust either way.
-    presented = [leaf] if leaf is not None else []
-    presented += connection.get_peer_cert_chain(as_cryptography=True) or []
-    for cert in presented:
-        der = cert.public_bytes(serialization.Encoding.DER)
-        if der not in chain:
-            chain.append(der)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        leaf = connection.get_peer_certificate()
+        # The server side's peer chain leaves the leaf out; be robust either way.
+        presented = [leaf] if leaf is not None else []
+        presented += connection.get_peer_cert_chain() or []
+        for cert in presented:
+            der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+            if der not in chain:
+                chain.append(der)
     return tuple(chain)
 
 

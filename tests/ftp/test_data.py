@@ -11,7 +11,10 @@ from typing import Any
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.protocols.policies import WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -24,6 +27,7 @@ from securetransport.ftp.data import (
     DataTLS,
     FileReceiver,
     FileSender,
+    TicketGate,
 )
 
 PEER = "127.0.0.1"
@@ -54,6 +58,19 @@ class TLSTransport(StringTransport):
 
     def getHandle(self) -> Any:  # noqa: N802
         return self.handle
+
+
+_CONTEXT: list[Any] = []
+
+
+def _session_creator() -> Any:
+    """A real connection creator over a per-session context (built once per test run)."""
+    from securetransport.tls.context import connection_creator
+    from tests.tls.helpers import make_pki
+
+    if not _CONTEXT:
+        _CONTEXT.append(make_pki().factory().new_session_context())
+    return connection_creator(_CONTEXT[0])
 
 
 def outcome(d: Deferred[Any]) -> list[Any]:
@@ -166,20 +183,66 @@ class DataConnectionTests(SynchronousTestCase):
             checked.append(handle)
             return problem
 
-        return DataTLS(creator="creator", check=check), checked
+        return DataTLS(creator=_session_creator(), check=check), checked
 
     def test_tls_starts_at_once_as_server(self) -> None:
+        # The channel puts TLS (server mode, RFC 4217) under every protected data
+        # connection, passive or active, with the ticket gate beneath it.
         for server_side in (True, False):
             tls, checked = self.tls()
-            connection = DataConnection(tls, server_side=server_side)
-            transport = TLSTransport()
-            connection.makeConnection(transport)
-            # The server is the TLS server in both directions (RFC 4217).
-            self.assertEqual(transport.tls_started, [("creator", server_side)])
+            channel = DataChannel(MemoryReactorClock(), PEER, tls, timeout=30)
+            protocol = channel._new_connection(
+                server_side=server_side, addr=IPv4Address("TCP", PEER, 5000)
+            )
+            self.assertIsInstance(protocol, TicketGate)
+            tls_protocol = protocol.wrappedProtocol
+            self.assertIsInstance(tls_protocol, TLSMemoryBIOProtocol)
+            self.assertIs(tls_protocol.wrappedProtocol, channel.connection)
+            wire = StringTransport()
+            protocol.makeConnection(wire)
+            # A TLS server waits for the ClientHello; a client would have sent one already.
+            self.assertEqual(wire.value(), b"")
+            self.assertTrue(tls_protocol.getHandle().get_state_string().startswith(b"before"))
+            connection = channel.connection
+            assert connection is not None
+            connection.transport = TLSTransport()
             self.assertFalse(connection.settled)
             connection.handshakeCompleted()
-            self.assertEqual(checked, [transport.handle])
+            self.assertEqual(len(checked), 1)
             self.assertTrue(connection.is_ready)
+
+    def test_ticket_gate_holds_for_uploads_and_keeps_order(self) -> None:
+        transport = StringTransport()
+        inner = Protocol()
+        gate = TicketGate(WrappingFactory(Factory()), inner)
+        gate.makeConnection(transport)
+        gate.write(b"handshake")
+        gate.hold()
+        gate.write(b"ticket1")
+        gate.writeSequence([b"ticket2"])
+        self.assertEqual(transport.value(), b"handshake")
+        gate.write(b"close_notify")
+        gate.loseConnection()
+        self.assertEqual(transport.value(), b"handshaketicket1ticket2close_notify")
+        self.assertTrue(transport.disconnecting)
+
+    def test_download_releases_what_the_gate_holds(self) -> None:
+        tls, _ = self.tls()
+        channel = DataChannel(MemoryReactorClock(), PEER, tls, timeout=30)
+        gate = channel._new_connection(server_side=True, addr=IPv4Address("TCP", PEER, 5000))
+        assert isinstance(gate, TicketGate)
+        transport = StringTransport()
+        gate.transport = transport
+        connection = channel.connection
+        assert connection is not None
+        connection.makeConnection(TLSTransport())
+        connection.handshakeCompleted()  # direction unknown yet: hold
+        self.assertTrue(gate.holding)
+        gate.write(b"ticket")
+        self.assertEqual(transport.value(), b"")
+        channel.expect("send")
+        self.assertFalse(gate.holding)
+        self.assertEqual(transport.value(), b"ticket")
 
     def test_tls_session_check_fails_with_522(self) -> None:
         tls, _ = self.tls("TLS session not resumed from the control connection")
