@@ -72,8 +72,9 @@ def file_stamps(paths: list[Any]) -> tuple[tuple[str, float, int], ...]:
 class SecureTransportService(MultiService):
     """The whole server: thread pools, the user store, the listeners."""
 
-    def __init__(self, config: Config, reactor: Any = None) -> None:
+    def __init__(self, config: Config, reactor: Any = None, tls: TLSRuntime | None = None) -> None:
         super().__init__()
+        self._preloaded_tls = tls
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -99,7 +100,7 @@ class SecureTransportService(MultiService):
         swept = sweep_temporaries(server.home_root)
         if swept:
             log.info("removed {count} interrupted uploads", count=swept)
-        tls = load_tls(config)
+        tls = self._preloaded_tls or load_tls(config)
         files = ThreadPool(minthreads=2, maxthreads=16, name="securetransport-files")
         database = ThreadPool(minthreads=1, maxthreads=4, name="securetransport-users")
         for pool in (files, database):
@@ -137,11 +138,21 @@ class SecureTransportService(MultiService):
         )
         return runtime
 
-    def startService(self) -> None:
-        super().startService()
+    def privilegedStartService(self) -> None:
+        """Before twistd drops privileges: build the runtime and bind the listeners."""
+        super().privilegedStartService()
+        self._open()
+
+    def _open(self) -> None:
+        if self.runtime is not None:
+            return
         self.runtime = self.build_runtime()
         for listen in self.config.listen:
             self.ports.append(self._listen(listen))
+
+    def startService(self) -> None:
+        super().startService()
+        self._open()
         try:
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         except ValueError:  # not the main thread (tests)
@@ -167,9 +178,14 @@ class SecureTransportService(MultiService):
             from securetransport.tls.context import connection_creator
 
             assert runtime.tls is not None
+            def new_session_context() -> Any:
+                # Looked up per connection, so a reload (SIGHUP) reaches implicit ports too.
+                assert runtime.tls is not None
+                return runtime.tls.contexts.new_session_context()
+
             factory: Any = ImplicitPortWatch(
                 TLSMemoryBIOFactory(
-                    connection_creator(runtime.tls.contexts.new_session_context),
+                    connection_creator(new_session_context),
                     False,
                     FTPFactory(runtime, implicit=True),
                 )
@@ -194,12 +210,14 @@ class SecureTransportService(MultiService):
             return
         runtime.audit.reopen()
         runtime.xferlog.reopen()
+        log.info("reopened the logs")
         if self.config.tls.enabled:
             try:
                 runtime.tls = load_tls(self.config, previous=runtime.tls)
             except Exception as error:  # noqa: BLE001 - any loading problem keeps the old state
                 log.error("TLS reload failed, keeping the previous files: {error}", error=error)
-        log.info("reloaded logs and TLS files")
+                return
+            log.info("reloaded the [tls] files")
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()

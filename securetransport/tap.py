@@ -8,7 +8,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from securetransport.cli import DEFAULT_CONFIG
-from securetransport.config import ConfigError, load_config
+from securetransport.config import Config, ConfigError, load_config
 
 
 class Options(usage.Options):
@@ -21,9 +21,33 @@ class Options(usage.Options):
             self["parsed"] = load_config(path)
         except ConfigError as error:
             raise usage.UsageError("\n".join(error.problems)) from None
+        # The [tls] files are parsed here, before twistd drops privileges (keys may be
+        # readable by root only); a bad file is one line naming the key.
+        from securetransport.service import load_tls
+        from securetransport.tls.context import TLSConfigError
+        from securetransport.tls.verify import TrustStoreError
+
+        try:
+            self["tls"] = load_tls(self["parsed"])
+        except (TLSConfigError, TrustStoreError) as error:
+            raise usage.UsageError(tls_problem(error, self["parsed"])) from None
+
+
+def tls_problem(error: Exception, config: Config) -> str:
+    """One line naming the [tls] key whose file failed to load."""
+    path = getattr(error, "path", None)
+    text = str(error)
+    if path is None or text.startswith("tls."):
+        return text
+    if config.tls.client_ca is not None and Path(path) == config.tls.client_ca:
+        return f"tls.client_ca: {text}"
+    for index, crl in enumerate(config.tls.crl, start=1):
+        if Path(path) == crl:
+            return f"tls.crl[{index}]: {text}"
+    return f"tls: {text}"
 
 
 def makeService(options: Options) -> IService:
     from securetransport.service import SecureTransportService
 
-    return SecureTransportService(options["parsed"])
+    return SecureTransportService(options["parsed"], tls=options["tls"])

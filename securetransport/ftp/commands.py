@@ -89,7 +89,6 @@ FEATURES: tuple[str, ...] = (
     "AUTH SSL",
     "PBSZ",
     "PROT",
-    "CCC",
     "EPRT",
     "EPSV",
     "MDTM",

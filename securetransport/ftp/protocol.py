@@ -602,9 +602,7 @@ class FTPSession(Protocol):
             **{"class": getattr(self.klass, "name", None)},
         )
         if method == "certificate":
-            self._send(
-                Reply.LOGGED_IN_CERTIFICATE, f"User {name} logged in with a client certificate"
-            )
+            self._send(Reply.LOGGED_IN_CERTIFICATE, decision.text)
         else:
             self._send(Reply.LOGGED_IN, f"User {name} logged in")
 
