@@ -18,6 +18,12 @@ and a full pool (PoolFull, SPEC: 421) come out of `Portal.login` as they are.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -102,6 +108,47 @@ def as_async_store(
     return AsyncUserStore(store, pool.threadpool, pool.reactor)
 
 
+class VerifiedCredentials:
+    """Recently verified (name, password, stored hash) triples, as HMAC keys.
+
+    The key is HMAC-SHA256 under a per-process random secret, so the cache holds no
+    password and nothing that can be tested offline. The stored hash is part of the
+    key: a changed password (a new hash) misses the cache. Bounded, oldest first out.
+    """
+
+    def __init__(self, size: int = 4096, ttl: float = 600.0, clock: Any = time.monotonic) -> None:
+        self._secret = secrets.token_bytes(32)
+        self._size = size
+        self._ttl = ttl
+        self._clock = clock
+        self._keys: OrderedDict[bytes, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _key(self, name: str, password: str | bytes, stored: str) -> bytes:
+        secret = password.encode() if isinstance(password, str) else password
+        message = b"\0".join((name.encode(), stored.encode(), secret))
+        return hmac.new(self._secret, message, hashlib.sha256).digest()
+
+    def seen(self, name: str, password: str | bytes, stored: str) -> bool:
+        key = self._key(name, password, stored)
+        with self._lock:
+            added = self._keys.get(key)
+            if added is None:
+                return False
+            if self._clock() - added > self._ttl:
+                del self._keys[key]
+                return False
+            return True
+
+    def add(self, name: str, password: str | bytes, stored: str) -> None:
+        key = self._key(name, password, stored)
+        with self._lock:
+            self._keys[key] = self._clock()
+            self._keys.move_to_end(key)
+            while len(self._keys) > self._size:
+                self._keys.popitem(last=False)
+
+
 @implementer(ICredentialsChecker)
 class PasswordChecker:
     """Checks IUsernamePassword credentials against the user store (argon2id).
@@ -112,18 +159,33 @@ class PasswordChecker:
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, store: AsyncUserStore | BlockingUserStore, pool: VerificationPool) -> None:
+    def __init__(
+        self,
+        store: AsyncUserStore | BlockingUserStore,
+        pool: VerificationPool,
+        cache: VerifiedCredentials | None = None,
+    ) -> None:
         self._store = _blocking_store(store)
         self._pool = pool
+        self._cache = cache if cache is not None else VerifiedCredentials()
 
     def _check(self, name: str | None, password: str | bytes) -> str | None:
-        """In a pool thread: the account name if the password is right, else None."""
+        """In a pool thread: the account name if the password is right, else None.
+
+        The account row is read on every login, so a changed password or a disabled
+        account takes effect at once; only the KDF run is skipped on a cache hit.
+        """
         account = None
         if name is not None and valid_account_name(name):
             account = self._store.get(name)
         usable = account is not None and account.enabled
         stored = account.password_hash if account is not None and usable else None
+        if account is not None and usable and stored is not None:
+            if self._cache.seen(account.name, password, stored):
+                return str(account.name)
         if verify_password(stored, password) and account is not None and usable:
+            assert stored is not None
+            self._cache.add(account.name, password, stored)
             return str(account.name)
         return None
 

@@ -173,6 +173,55 @@ class PasswordCheckerTests(AuthTestCase):
         )
 
 
+class VerifiedCredentialsTests(AuthTestCase):
+    @inlineCallbacks
+    def test_second_login_skips_the_kdf_but_reads_the_account(self) -> Any:
+        calls = self.record_verifications()
+        checker = self.checker_with_cache()
+        for _ in range(3):
+            avatar_id = yield checker.requestAvatarId(UsernamePassword(b"alice", b"s3cret"))
+            self.assertEqual(avatar_id, "alice")
+        self.assertEqual(len(calls), 1)
+        # A wrong password is never served from the cache.
+        d = checker.requestAvatarId(UsernamePassword(b"alice", b"s3cre"))
+        self.assertFailure(d, UnauthorizedLogin)
+        yield d
+        self.assertEqual(len(calls), 2)
+
+    @inlineCallbacks
+    def test_changed_password_and_disabled_account_take_effect_at_once(self) -> Any:
+        checker = self.checker_with_cache()
+        yield checker.requestAvatarId(UsernamePassword(b"alice", b"s3cret"))
+        self.blocking.update(Account(name="alice", password_hash=cached_hash("n3w"), groups=("g",)))
+        d = checker.requestAvatarId(UsernamePassword(b"alice", b"s3cret"))
+        self.assertFailure(d, UnauthorizedLogin)
+        yield d
+        yield checker.requestAvatarId(UsernamePassword(b"alice", b"n3w"))
+        self.blocking.update(
+            Account(name="alice", password_hash=cached_hash("n3w"), groups=("g",), enabled=False)
+        )
+        d = checker.requestAvatarId(UsernamePassword(b"alice", b"n3w"))
+        self.assertFailure(d, UnauthorizedLogin)
+        yield d
+
+    def test_entries_expire_and_the_cache_is_bounded(self) -> None:
+        now = [0.0]
+        cache = auth.VerifiedCredentials(size=2, ttl=10, clock=lambda: now[0])
+        cache.add("a", "p", "h")
+        self.assertTrue(cache.seen("a", "p", "h"))
+        self.assertFalse(cache.seen("a", "p", "other-hash"))
+        self.assertFalse(cache.seen("b", "p", "h"))
+        now[0] = 11
+        self.assertFalse(cache.seen("a", "p", "h"))
+        for name in ("x", "y", "z"):
+            cache.add(name, "p", "h")
+        self.assertFalse(cache.seen("x", "p", "h"))
+        self.assertTrue(cache.seen("z", "p", "h"))
+
+    def checker_with_cache(self) -> PasswordChecker:
+        return PasswordChecker(self.store, self.pool, auth.VerifiedCredentials())
+
+
 class CertificateCheckerTests(AuthTestCase):
     def login(self, name: str, fingerprint: str) -> Any:
         return CertificateChecker(self.store).requestAvatarId(CertificateLogin(name, fingerprint))
