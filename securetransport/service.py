@@ -178,6 +178,7 @@ class SecureTransportService(MultiService):
             from securetransport.tls.context import connection_creator
 
             assert runtime.tls is not None
+
             def new_session_context() -> Any:
                 # Looked up per connection, so a reload (SIGHUP) reaches implicit ports too.
                 assert runtime.tls is not None

@@ -8,6 +8,8 @@ control connection's (protected).
 
 from __future__ import annotations
 
+import os
+import select
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +17,7 @@ from twisted.internet import error as netError
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IListeningPort
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -27,8 +30,17 @@ from securetransport.vfs import FilesystemError, IReadHandle, IUpload
 
 log = Logger(namespace="securetransport.ftp.data")
 
-SEND_CHUNK = 256 * 1024
+SEND_CHUNK = 1024 * 1024
 RECEIVE_BUFFER_LIMIT = 1024 * 1024
+SOCKET_BUFFER = 1024 * 1024  # bytes per recv() and before a producer is paused (Twisted: 64 KiB)
+
+
+def tune_data_transport(transport: Any) -> None:
+    """Large reads and writes on the TCP transport under a data connection."""
+    while transport is not None and getattr(transport, "socket", None) is None:
+        transport = getattr(transport, "transport", None)
+    if transport is not None:
+        transport.bufferSize = SOCKET_BUFFER
 
 
 class DataError(Exception):
@@ -67,6 +79,10 @@ class TicketGate(ProtocolWrapper):
         super().__init__(factory, wrapped)
         self.holding = False
         self._held: list[bytes] = []
+
+    def makeConnection(self, transport: Any) -> None:
+        tune_data_transport(transport)
+        super().makeConnection(transport)
 
     def hold(self) -> None:
         self.holding = True
@@ -128,12 +144,15 @@ class DataConnection(Protocol):
         self._reading_paused = False
         self.tls_connection: Any = None
         self.gate: TicketGate | None = None
+        self.in_thread: SendfileSender | None = None
+        self._abort_when_free = False
         self.direction: str | None = None  # "send" (RETR, listings) or "receive" (uploads)
 
     # -- connection events ---------------------------------------------------------------
     def connectionMade(self) -> None:
         # Under TLS this is called by the TLS layer, which starts the handshake at once.
         if self.tls is None:
+            tune_data_transport(self.transport)
             self._set_ready()
 
     def handshakeCompleted(self) -> None:
@@ -228,8 +247,20 @@ class DataConnection(Protocol):
         return self.closed
 
     def abort(self) -> None:
+        if self.in_thread is not None:
+            # A thread is using the socket (sendfile): stop it first, then close.
+            self.in_thread.stop()
+            self._abort_when_free = True
+            return
         if self.lost_reason is None and self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def thread_done(self) -> None:
+        """The thread that used the socket has returned."""
+        self.in_thread = None
+        if self._abort_when_free:
+            self._abort_when_free = False
+            self.abort()
 
 
 class _PassiveFactory(Factory):
@@ -388,6 +419,73 @@ class DataChannel:
         if self.connection is not None:
             self.connection.abort()
         self.active_target = None
+
+
+def raw_socket(transport: Any) -> Any:
+    """The socket under a clear data connection's transport, or None."""
+    while transport is not None and getattr(transport, "socket", None) is None:
+        transport = getattr(transport, "transport", None)
+    return getattr(transport, "socket", None)
+
+
+class SendfileSender:
+    """Clear data: the kernel copies the file to the socket (`os.sendfile`), in a thread.
+
+    Twisted has no sendfile (twisted#11395). The reactor stops reading the socket
+    while the thread owns it (so a FIN cannot close the descriptor under it); ABOR
+    stops the thread first and closes the connection after it has returned.
+    """
+
+    CHUNK = 16 << 20
+
+    def __init__(
+        self, handle: IReadHandle, connection: DataConnection, offset: int, reactor: Any
+    ) -> None:
+        self.handle = handle
+        self.connection = connection
+        self.offset = offset
+        self.reactor = reactor
+        self._stopped = False
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def start(self) -> Deferred[None]:
+        sock = raw_socket(self.connection.transport)
+        if sock is None:
+            return FileSender(self.handle, self.connection, self.offset).start()
+        self.connection.pause_reading()
+        self.connection.in_thread = self
+        d: Deferred[None] = deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), self._pump, sock.fileno()
+        )
+
+        def done(result: object) -> object:
+            self.connection.thread_done()
+            self.connection.resume_reading()
+            if isinstance(result, Failure) and not self._stopped:
+                return Failure(
+                    DataError(Reply.TRANSFER_ABORTED, "Connection closed; transfer aborted")
+                )
+            if self._stopped:
+                return Failure(DataError(Reply.TRANSFER_ABORTED, "Transfer aborted"))
+            return None
+
+        return d.addBoth(done)  # type: ignore[return-value]
+
+    def _pump(self, sock_fd: int) -> None:
+        file_fd = self.handle.fileno()
+        offset, end = self.offset, self.handle.size
+        while offset < end and not self._stopped:
+            try:
+                sent = os.sendfile(sock_fd, file_fd, offset, min(end - offset, self.CHUNK))
+            except BlockingIOError:
+                select.select([], [sock_fd], [], 0.5)
+                continue
+            if sent == 0:  # the file shrank under us: send what there is
+                break
+            offset += sent
+            self.connection.bytes_sent += sent
 
 
 class FileSender:

@@ -36,6 +36,7 @@ from securetransport.ftp.data import (
     DataTLS,
     FileReceiver,
     FileSender,
+    SendfileSender,
 )
 from securetransport.ftp.passive import NoPassivePort
 from securetransport.ftp.sniff import describe_first_bytes
@@ -1264,7 +1265,11 @@ class FTPSession(Protocol):
         ) -> Deferred[tuple[int, str]]:
             if offset > handle.size:
                 raise DataError(Reply.BAD_RESTART, "Restart offset beyond the end of the file")
-            sender = FileSender(handle, connection, offset)
+            sender: Any
+            if connection.tls is None and hasattr(self.reactor, "getThreadPool"):
+                sender = SendfileSender(handle, connection, offset, self.reactor)
+            else:
+                sender = FileSender(handle, connection, offset)
             finished: Deferred[bool] = sender.start().addCallback(lambda _: connection.finish())
             return finished.addCallback(_sent_result)
 
