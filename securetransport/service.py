@@ -26,6 +26,7 @@ from securetransport.runtime import ServerRuntime, TLSRuntime
 log = Logger(namespace="securetransport.service")
 
 RELOAD_CHECK_SECONDS = 30.0
+ACCOUNT_CHECK_SECONDS = 15.0
 
 
 def load_tls(config: Config, previous: TLSRuntime | None = None) -> TLSRuntime | None:
@@ -86,6 +87,7 @@ class SecureTransportService(MultiService):
         self._pools: list[Any] = []
         self._store: Any = None
         self._watch: LoopingCall | None = None
+        self._account_watch: LoopingCall | None = None
         self._stamps: tuple[tuple[str, float, int], ...] = ()
 
     def build_runtime(self) -> ServerRuntime:
@@ -157,11 +159,31 @@ class SecureTransportService(MultiService):
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         except ValueError:  # not the main thread (tests)
             pass
+        self._account_watch = LoopingCall(self.end_sessions_of_disabled_accounts)
+        self._account_watch.clock = self.reactor
+        self._account_watch.start(ACCOUNT_CHECK_SECONDS, now=False)
         if self.config.tls.enabled:
             self._stamps = file_stamps(tls_files(self.config))
             self._watch = LoopingCall(self._check_tls_files)
             self._watch.clock = self.reactor
             self._watch.start(RELOAD_CHECK_SECONDS, now=False)
+
+    def end_sessions_of_disabled_accounts(self) -> defer.Deferred[None]:
+        """Sessions of accounts that were disabled or removed since their login end (421)."""
+        runtime = self.runtime
+        if runtime is None:
+            return defer.succeed(None)
+        names = {s.username for s in runtime.open_sessions if s.avatar is not None and s.username}
+        checks = [runtime.users.get(name).addCallback(self._end_if_gone, name) for name in names]
+        return defer.DeferredList(checks, consumeErrors=True).addCallback(lambda _: None)
+
+    def _end_if_gone(self, account: Any, name: str) -> None:
+        if account is not None and account.enabled:
+            return
+        assert self.runtime is not None
+        for session in list(self.runtime.open_sessions):
+            if session.username == name and session.avatar is not None:
+                session.account_gone()
 
     def _check_tls_files(self) -> None:
         """Reload the [tls] files (CRLs above all) when one of them changed on disk."""
@@ -222,8 +244,9 @@ class SecureTransportService(MultiService):
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
-        if self._watch is not None and self._watch.running:
-            self._watch.stop()
+        for watch in (self._watch, self._account_watch):
+            if watch is not None and watch.running:
+                watch.stop()
         runtime = self.runtime
         waits = [defer.maybeDeferred(port.stopListening) for port in self.ports]
         self.ports = []

@@ -235,6 +235,17 @@ class FTPSession(Protocol):
         self._send(Reply.SERVICE_UNAVAILABLE, "Server shutting down")
         self._close()
 
+    def account_gone(self) -> None:
+        """The account was disabled or removed: end the session (421), as at shutdown."""
+        if self.closing:
+            return
+        log.info("{user}: account disabled or removed; ending its session", user=self.username)
+        if self.transfer is not None:
+            self._abort_transfer()
+            self._send(Reply.TRANSFER_ABORTED, "Account disabled; transfer aborted")
+        self._send(Reply.SERVICE_UNAVAILABLE, "Account disabled; closing")
+        self._close()
+
     def _do_logout(self) -> None:
         if self.logout is not None:
             logout, self.logout = self.logout, None
