@@ -266,6 +266,8 @@ class DataConnection(Protocol):
 class _PassiveFactory(Factory):
     """Accepts exactly one connection, and only from the control connection's peer."""
 
+    noisy = False  # no "Starting factory" log line per PASV
+
     def __init__(self, channel: DataChannel) -> None:
         self.channel = channel
 
@@ -274,6 +276,8 @@ class _PassiveFactory(Factory):
 
 
 class _ActiveFactory(ClientFactory):
+    noisy = False
+
     def __init__(self, channel: DataChannel) -> None:
         self.channel = channel
 
