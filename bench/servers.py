@@ -287,6 +287,7 @@ class SecureTransport(ServerSpec):
 # Written by the bench harness (bench/servers.py).
 [server]
 banner = "securetransport bench"
+allow_root = true
 home_root = {_toml(env.home.parent)}
 users = {_toml("sqlite:" + str(path.parent / "users.sqlite3"))}
 max_sessions = {env.max_sessions}

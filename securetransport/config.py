@@ -59,6 +59,7 @@ class ServerConfig:
     ban_time: float = 300
     audit_log: Path | None = None
     xferlog: Path | None = None
+    allow_root: bool = False  # keep serving as root when twistd was not told --uid/--gid
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,12 @@ class _Invalid(Exception):
     def __init__(self, *problems: tuple[str, str]) -> None:
         super().__init__(problems)
         self.problems = problems
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(f"must be true or false, got {_show(value)}")
+    return value
 
 
 def _bad(message: str) -> _Invalid:
@@ -520,6 +527,7 @@ class _Builder:
             "ban_time": _seconds,
             "audit_log": self.optional_path,
             "xferlog": self.optional_path,
+            "allow_root": _boolean,
         }
         result = self.table(value, "server", fields)
         values = result[0] if result else {}

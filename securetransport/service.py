@@ -87,6 +87,7 @@ class SecureTransportService(MultiService):
         self._pools: list[Any] = []
         self._store: Any = None
         self._watch: LoopingCall | None = None
+        self._factories: list[FTPFactory] = []
         self._account_watch: LoopingCall | None = None
         self._stamps: tuple[tuple[str, float, int], ...] = ()
 
@@ -141,20 +142,26 @@ class SecureTransportService(MultiService):
         return runtime
 
     def privilegedStartService(self) -> None:
-        """Before twistd drops privileges: build the runtime and bind the listeners."""
-        super().privilegedStartService()
-        self._open()
+        """Before twistd drops privileges: bind the listeners (ports 21 and 990 need root).
 
-    def _open(self) -> None:
-        if self.runtime is not None:
+        Everything else (the user store, the logs, home folders, thread pools) starts
+        in startService, as the unprivileged user, so the files it creates are its own.
+        """
+        super().privilegedStartService()
+        self._bind()
+
+    def _bind(self) -> None:
+        if self.ports:
             return
-        self.runtime = self.build_runtime()
         for listen in self.config.listen:
             self.ports.append(self._listen(listen))
 
     def startService(self) -> None:
         super().startService()
-        self._open()
+        self.runtime = self.build_runtime()
+        for factory in self._factories:
+            factory.server = self.runtime
+        self._bind()
         try:
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         except ValueError:  # not the main thread (tests)
@@ -194,27 +201,25 @@ class SecureTransportService(MultiService):
             self.reload()
 
     def _listen(self, listen: Any) -> IListeningPort:
-        assert self.runtime is not None
-        runtime = self.runtime
+        # The runtime is given to the factories in startService, before the reactor runs.
+        ftp_factory = FTPFactory(self.runtime, implicit=listen.tls == "implicit")  # type: ignore[arg-type]
+        self._factories.append(ftp_factory)
         if listen.tls == "implicit":
             from securetransport.tls.context import connection_creator
 
-            assert runtime.tls is not None
+            if not self.config.tls.enabled:
+                raise ValueError("an implicit listener needs [tls]")
 
             def new_session_context() -> Any:
                 # Looked up per connection, so a reload (SIGHUP) reaches implicit ports too.
-                assert runtime.tls is not None
-                return runtime.tls.contexts.new_session_context()
+                assert self.runtime is not None and self.runtime.tls is not None
+                return self.runtime.tls.contexts.new_session_context()
 
             factory: Any = ImplicitPortWatch(
-                TLSMemoryBIOFactory(
-                    connection_creator(new_session_context),
-                    False,
-                    FTPFactory(runtime, implicit=True),
-                )
+                TLSMemoryBIOFactory(connection_creator(new_session_context), False, ftp_factory)
             )
         else:
-            factory = FTPFactory(runtime)
+            factory = ftp_factory
         port: IListeningPort = self.reactor.listenTCP(
             listen.port, factory, interface=listen.address
         )

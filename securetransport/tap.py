@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from twisted.application.service import IService
@@ -27,10 +28,28 @@ class Options(usage.Options):
         from securetransport.tls.context import TLSConfigError
         from securetransport.tls.verify import TrustStoreError
 
+        config: Config = self["parsed"]
+        key = config.tls.private_key
+        if key is not None and key.exists() and key.stat().st_mode & 0o006:
+            mode = key.stat().st_mode & 0o777
+            raise usage.UsageError(
+                f"tls.private_key: {key} is readable by other users (mode {mode:04o}); chmod 600"
+            )
         try:
-            self["tls"] = load_tls(self["parsed"])
+            self["tls"] = load_tls(config)
         except (TLSConfigError, TrustStoreError) as error:
-            raise usage.UsageError(tls_problem(error, self["parsed"])) from None
+            raise usage.UsageError(tls_problem(error, config)) from None
+        self.refuse_root(config)
+
+    def refuse_root(self, config: Config) -> None:
+        """Refuse to keep serving as root unless twistd drops privileges or the config says so."""
+        parent = self.parent if self.parent is not None else {}
+        drops = parent.get("uid") not in (None, 0, "0")
+        if os.geteuid() == 0 and not drops and not config.server.allow_root:
+            raise usage.UsageError(
+                "refusing to serve as root: give twistd --uid and --gid "
+                "(ports and keys are opened first), or set server.allow_root = true"
+            )
 
 
 def tls_problem(error: Exception, config: Config) -> str:

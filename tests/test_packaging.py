@@ -85,7 +85,7 @@ class WheelTests(TestCase):
         config = self.work / "st.toml"
         port = free_port()
         config.write_text(
-            f'[server]\nhome_root = "home"\nusers = "sqlite:users.sqlite3"\n\n'
+            f'[server]\nhome_root = "home"\nusers = "sqlite:users.sqlite3"\nallow_root = true\n\n'
             f'[[listen]]\naddress = "127.0.0.1"\nport = {port}\ntls = "explicit"\n\n'
             f'[[class]]\nname = "everyone"\nssl = "optional"\nlogin = ["password"]\n'
             f'client_certificate = "off"\n'

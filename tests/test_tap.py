@@ -22,7 +22,7 @@ class OptionsTests(SynchronousTestCase):
     def config(self, tls: str) -> Path:
         path = self.folder / "st.toml"
         path.write_text(
-            '[server]\nhome_root = "home"\nusers = "sqlite:users.sqlite3"\n'
+            '[server]\nhome_root = "home"\nusers = "sqlite:users.sqlite3"\nallow_root = true\n'
             '[[listen]]\naddress = "127.0.0.1"\nport = 0\n'
             f"{tls}\n"
             '[[class]]\nname = "all"\nssl = "optional"\n'
@@ -65,3 +65,50 @@ class OptionsTests(SynchronousTestCase):
         service = makeService(options)
         self.assertIs(service._preloaded_tls, options["tls"])  # type: ignore[attr-defined]
         self.assertIsNotNone(options["tls"])
+
+
+class PrivilegeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        import shutil
+
+        self.folder = Path(tempfile.mkdtemp(prefix="st-tap-"))
+        self.addCleanup(shutil.rmtree, self.folder, True)
+        init_pki(self.folder / "pki", [])
+
+    def write(self, server_extra: str = "") -> Path:
+        path = self.folder / "st.toml"
+        path.write_text(
+            f'[server]\nhome_root = "home"\nusers = "sqlite:users.sqlite3"\n{server_extra}'
+            '[[listen]]\naddress = "127.0.0.1"\nport = 0\n'
+            '[tls]\ncertificate = "pki/server.crt"\nprivate_key = "pki/server.key"\n'
+            '[[class]]\nname = "all"\nssl = "optional"\n'
+        )
+        return path
+
+    def parse(self, path: Path, uid: str | None = None) -> Options:
+        options = Options()
+        options.parent = {"uid": uid}  # type: ignore[assignment]  # twistd's ServerOptions
+        options.parseOptions(["--config", str(path)])
+        return options
+
+    def test_root_without_a_privilege_drop_is_refused(self) -> None:
+        import os
+
+        path = self.write()
+        if os.geteuid() == 0:
+            error = self.assertRaises(usage.UsageError, self.parse, path)
+            self.assertIn("refusing to serve as root", str(error))
+            self.assertIn("--uid", str(error))
+        else:
+            self.parse(path)  # an unprivileged user is what we want
+        self.parse(path, uid="65534")  # twistd will drop privileges after binding
+        self.parse(self.write("allow_root = true\n"))  # said explicitly
+
+    def test_a_key_readable_by_others_is_refused(self) -> None:
+        path = self.write("allow_root = true\n")
+        (self.folder / "pki" / "server.key").chmod(0o644)
+        error = self.assertRaises(usage.UsageError, self.parse, path)
+        self.assertTrue(str(error).startswith("tls.private_key: "), str(error))
+        self.assertIn("chmod 600", str(error))
+        (self.folder / "pki" / "server.key").chmod(0o640)  # group-readable (ssl-cert) is fine
+        self.parse(path)
