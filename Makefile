@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= etc/securetransport.toml
 DEMO   ?= demo
 
-.PHONY: run test install lint bench clean
+.PHONY: run test install lint bench scan clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ lint: install
 
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# sslyze pins cryptography < 47 (ours is newer): it gets its own venv; scan/venv.py pins it.
+.venv-sslyze/.installed: | $(VENV)/.installed
+	$(BIN)/python -c 'from scan.venv import ensure_sslyze; print(ensure_sslyze())'
+
+scan: install .venv-sslyze/.installed
+	$(BIN)/python -m scan $(SCAN_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info _trial_temp* .pytest_cache .mypy_cache .ruff_cache
