@@ -227,23 +227,20 @@ class FTPSession(Protocol):
 
     def shutdown(self) -> None:
         """The server is stopping: abort any transfer (426), say 421 and close."""
-        if self.closing:
-            return
-        if self.transfer is not None:
-            self._abort_transfer()
-            self._send(Reply.TRANSFER_ABORTED, "Server shutting down; transfer aborted")
-        self._send(Reply.SERVICE_UNAVAILABLE, "Server shutting down")
-        self._close()
+        self._end("Server shutting down")
 
     def account_gone(self) -> None:
         """The account was disabled or removed: end the session (421), as at shutdown."""
+        log.info("{user}: account disabled or removed; ending its session", user=self.username)
+        self._end("Account disabled")
+
+    def _end(self, why: str) -> None:
         if self.closing:
             return
-        log.info("{user}: account disabled or removed; ending its session", user=self.username)
         if self.transfer is not None:
             self._abort_transfer()
-            self._send(Reply.TRANSFER_ABORTED, "Account disabled; transfer aborted")
-        self._send(Reply.SERVICE_UNAVAILABLE, "Account disabled; closing")
+            self._send(Reply.TRANSFER_ABORTED, f"{why}; transfer aborted")
+        self._send(Reply.SERVICE_UNAVAILABLE, f"{why}; closing")
         self._close()
 
     def _do_logout(self) -> None:
