@@ -60,6 +60,7 @@ class ServerConfig:
     audit_log: Path | None = None
     xferlog: Path | None = None
     allow_root: bool = False  # keep serving as root when twistd was not told --uid/--gid
+    workers: int = 1  # reactor processes sharing the listeners (securetransport.workers)
 
 
 @dataclass(frozen=True)
@@ -528,6 +529,7 @@ class _Builder:
             "audit_log": self.optional_path,
             "xferlog": self.optional_path,
             "allow_root": _boolean,
+            "workers": _positive_integer,
         }
         result = self.table(value, "server", fields)
         values = result[0] if result else {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 def ban_key(address: str) -> str:
@@ -15,6 +16,21 @@ def ban_key(address: str) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
     return str(ip)
+
+
+class LoginGuardLike(Protocol):
+    """What sessions call on a guard: `LoginGuard`, or shared_limits.SharedLoginGuard."""
+
+    def is_banned(self, address: str, now: float) -> bool: ...
+    def failure_delay(self, name: str, now: float) -> float: ...
+    def record_failure(self, address: str, name: str, now: float) -> bool: ...
+
+
+class SessionCounterLike(Protocol):
+    """What sessions call on a counter: `SessionCounter`, or shared_limits.SharedSessionCounter."""
+
+    def try_open(self, address: str) -> bool: ...
+    def close(self, address: str) -> None: ...
 
 
 @dataclass

@@ -14,7 +14,7 @@ from twisted.cred.portal import Portal
 from securetransport.audit import AuditLog, XferLog
 from securetransport.config import Config
 from securetransport.ftp.passive import PassivePortProvider
-from securetransport.limits import LoginGuard, SessionCounter
+from securetransport.limits import LoginGuard, LoginGuardLike, SessionCounter, SessionCounterLike
 
 
 @dataclass
@@ -35,7 +35,7 @@ class ServerRuntime:
     audit: AuditLog
     xferlog: XferLog
     tls: TLSRuntime | None = None
-    guard: LoginGuard = field(default_factory=lambda: LoginGuard(5, 300))
-    sessions: SessionCounter = field(default_factory=lambda: SessionCounter(1000, 50))
+    guard: LoginGuardLike = field(default_factory=lambda: LoginGuard(5, 300))
+    sessions: SessionCounterLike = field(default_factory=lambda: SessionCounter(1000, 50))
     failure_delay_base: float = 1.0  # seconds; tests may shorten it
     open_sessions: set[Any] = field(default_factory=set)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
 from twisted.cred.portal import Portal
@@ -22,6 +22,9 @@ from securetransport.ftp.protocol import FTPFactory
 from securetransport.ftp.sniff import ImplicitPortWatch
 from securetransport.limits import LoginGuard, SessionCounter
 from securetransport.runtime import ServerRuntime, TLSRuntime
+
+if TYPE_CHECKING:
+    from securetransport.workers import WorkerRole
 
 log = Logger(namespace="securetransport.service")
 
@@ -71,11 +74,23 @@ def file_stamps(paths: list[Any]) -> tuple[tuple[str, float, int], ...]:
 
 
 class SecureTransportService(MultiService):
-    """The whole server: thread pools, the user store, the listeners."""
+    """The whole server: thread pools, the user store, the listeners.
 
-    def __init__(self, config: Config, reactor: Any = None, tls: TLSRuntime | None = None) -> None:
+    `worker`: this process is one of `server.workers` (securetransport.workers): it adopts
+    the supervisor's listening sockets and shares the session limits and bans with the
+    other workers. Without it the service is the whole server, whatever `server.workers`.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any = None,
+        tls: TLSRuntime | None = None,
+        worker: WorkerRole | None = None,
+    ) -> None:
         super().__init__()
         self._preloaded_tls = tls
+        self.worker = worker
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -100,9 +115,11 @@ class SecureTransportService(MultiService):
         config = self.config
         server = config.server
         server.home_root.mkdir(parents=True, exist_ok=True)
-        swept = sweep_temporaries(server.home_root)
-        if swept:
-            log.info("removed {count} interrupted uploads", count=swept)
+        worker = self.worker
+        if worker is None:  # workers: the supervisor swept once; now others may be uploading
+            swept = sweep_temporaries(server.home_root)
+            if swept:
+                log.info("removed {count} interrupted uploads", count=swept)
         tls = self._preloaded_tls or load_tls(config)
         files = ThreadPool(minthreads=2, maxthreads=16, name="securetransport-files")
         database = ThreadPool(minthreads=1, maxthreads=4, name="securetransport-users")
@@ -132,12 +149,18 @@ class SecureTransportService(MultiService):
             reactor=self.reactor,
             portal=portal,
             users=users,
-            passive=PassivePortProvider(self.reactor, *config.passive.ports),
-            audit=AuditLog(server.audit_log),
+            passive=PassivePortProvider(
+                self.reactor, *(worker.passive_ports if worker else config.passive.ports)
+            ),
+            audit=worker.audit_log(server.audit_log) if worker else AuditLog(server.audit_log),
             xferlog=XferLog(server.xferlog),
             tls=tls,
-            guard=LoginGuard(server.max_login_failures, server.ban_time),
-            sessions=SessionCounter(server.max_sessions, server.max_sessions_per_address),
+            guard=worker.login_guard(server)
+            if worker
+            else LoginGuard(server.max_login_failures, server.ban_time),
+            sessions=worker.session_counter(server)
+            if worker
+            else SessionCounter(server.max_sessions, server.max_sessions_per_address),
         )
         return runtime
 
@@ -153,8 +176,9 @@ class SecureTransportService(MultiService):
     def _bind(self) -> None:
         if self.ports:
             return
-        for listen in self.config.listen:
-            self.ports.append(self._listen(listen))
+        fds = self.worker.listen_fds if self.worker else (None,) * len(self.config.listen)
+        for listen, fd in zip(self.config.listen, fds, strict=True):
+            self.ports.append(self._listen(listen, fd))
 
     def startService(self) -> None:
         super().startService()
@@ -200,7 +224,8 @@ class SecureTransportService(MultiService):
             log.info("a [tls] file changed on disk; reloading")
             self.reload()
 
-    def _listen(self, listen: Any) -> IListeningPort:
+    def _listen(self, listen: Any, fd: int | None = None) -> IListeningPort:
+        """Listen as `listen` says, or adopt `fd`, a socket the supervisor bound that way."""
         # The runtime is given to the factories in startService, before the reactor runs.
         ftp_factory = FTPFactory(self.runtime, implicit=listen.tls == "implicit")  # type: ignore[arg-type]
         self._factories.append(ftp_factory)
@@ -220,9 +245,11 @@ class SecureTransportService(MultiService):
             )
         else:
             factory = ftp_factory
-        port: IListeningPort = self.reactor.listenTCP(
-            listen.port, factory, interface=listen.address
-        )
+        port: IListeningPort
+        if self.worker is None or fd is None:
+            port = self.reactor.listenTCP(listen.port, factory, interface=listen.address)
+        else:
+            port = self.worker.adopt(self.reactor, fd, listen.address, factory)
         log.info(
             "serving FTP ({mode} TLS) on {address} port {port}",
             mode=listen.tls,

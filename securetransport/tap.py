@@ -69,4 +69,9 @@ def tls_problem(error: Exception, config: Config) -> str:
 def makeService(options: Options) -> IService:
     from securetransport.service import SecureTransportService
 
-    return SecureTransportService(options["parsed"], tls=options["tls"])
+    config: Config = options["parsed"]
+    if config.server.workers > 1:
+        from securetransport.workers import WorkerSupervisor
+
+        return WorkerSupervisor(config, tls=options["tls"])
+    return SecureTransportService(config, tls=options["tls"])

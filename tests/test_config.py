@@ -392,6 +392,17 @@ class ValueTests(SynchronousTestCase):
                 f"server.max_sessions: must be a positive integer, got {value}",
             )
 
+    def test_workers(self) -> None:
+        self.assertEqual(config_from_dict({}, BASE).server.workers, 1)
+        config = config_from_dict({"server": {"workers": 4}}, BASE)
+        self.assertEqual(config.server.workers, 4)
+        for value, shown in ((0, "must be a positive integer, got 0"),
+                             (-2, "must be a positive integer, got -2"),
+                             ("2", 'must be an integer, got "2"'),
+                             (2.0, "must be an integer, got 2.0"),
+                             (True, "must be an integer, got true")):  # fmt: skip
+            self.assertProblem({"server": {"workers": value}}, f"server.workers: {shown}")
+
     def test_timeouts(self) -> None:
         config = config_from_dict({"server": {"login_timeout": 0.5, "ban_time": 2}}, BASE)
         self.assertEqual((config.server.login_timeout, config.server.ban_time), (0.5, 2.0))
