@@ -52,5 +52,16 @@ bench: install
 scan: install .venv-sslyze/.installed
 	$(BIN)/python -m scan $(SCAN_ARGS)
 
+# Hardening runs against a live server on loopback: `make fuzz FUZZ_ARGS=--quick`,
+# `make soak SOAK_MINUTES=2` (python -m hardening --help).
+SOAK_MINUTES ?= 10
+.PHONY: fuzz soak
+
+fuzz: install
+	$(BIN)/python -m hardening fuzz $(FUZZ_ARGS)
+
+soak: install
+	$(BIN)/python -m hardening soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
+
 clean:
 	rm -rf build dist *.egg-info _trial_temp* .pytest_cache .mypy_cache .ruff_cache

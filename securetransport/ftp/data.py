@@ -375,9 +375,19 @@ class DataChannel:
         """The data connection, once ready: waits for the passive accept or connects out."""
         if self.active_target is not None and self.connection is None:
             host, port, bind_host = self.active_target
-            self.reactor.connectTCP(
-                host, port, _ActiveFactory(self), timeout=self.timeout, bindAddress=(bind_host, 0)
-            )
+            try:
+                self.reactor.connectTCP(
+                    host,
+                    port,
+                    _ActiveFactory(self),
+                    timeout=self.timeout,
+                    bindAddress=(bind_host, 0),
+                )
+            except (OSError, TypeError, ValueError) as error:
+                log.warn(
+                    "cannot connect to {host}:{port}: {error}", host=host, port=port, error=error
+                )
+                self._connect_error = DataError(Reply.CANT_OPEN_DATA, "Can't open data connection")
         waiter: Deferred[DataConnection] = Deferred(lambda d: self.close())
         self._waiter = waiter
         self._timer = self.reactor.callLater(self.timeout, self._timed_out)

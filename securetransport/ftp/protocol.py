@@ -591,6 +591,14 @@ class FTPSession(Protocol):
         if self.closing:
             logout()
             return
+        if method != "certificate" and self.server.guard.is_banned(
+            self.peer, self.reactor.seconds()
+        ):
+            # The address was banned while this password was being checked.
+            logout()
+            self._send(Reply.SERVICE_UNAVAILABLE, "Too many failed logins; closing")
+            self._close()
+            return
         self.avatar = avatar
         self.logout = logout
         self.username = name
@@ -1082,7 +1090,7 @@ class FTPSession(Protocol):
             self._send(refused.code, refused.text)
             return
         channel = self._new_channel()
-        channel.set_active(host, port, self.local_host)
+        channel.set_active(host, port, normalize_address(self.local_host))
         self._send(Reply.OK, f"{verb} command successful")
 
     def ftp_PORT(self, argument: str) -> None:
@@ -1212,16 +1220,24 @@ class FTPSession(Protocol):
         started.addCallbacks(prepared, not_prepared)
         return result
 
-    def _watch_progress(self, transfer: _Transfer, last: int) -> None:
-        """Abort the transfer when no byte moved for `data_timeout` seconds."""
+    def _watch_progress(self, transfer: _Transfer, last: int, since: float | None = None) -> None:
+        """Abort the transfer when no byte moved for `data_timeout` seconds.
+
+        Checked ten times per `data_timeout`, so a stall is caught within 10% of it.
+        """
         if self.transfer is not transfer or transfer.connection is None:
             return
-        if transfer.bytes == last:
+        now = self.reactor.seconds()
+        timeout = self.config.server.data_timeout
+        moved = transfer.bytes
+        if moved != last or since is None:
+            since = now
+        elif now - since >= timeout:
             transfer.stalled = True
             transfer.connection.abort()
             return
         transfer.watchdog = self.reactor.callLater(
-            self.config.server.data_timeout, self._watch_progress, transfer, transfer.bytes
+            timeout / 10, self._watch_progress, transfer, moved, since
         )
 
     def _record_transfer(self, transfer: _Transfer, ok: bool, seconds: float, code: int) -> None:
