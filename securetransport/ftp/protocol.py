@@ -50,6 +50,7 @@ log = Logger(namespace="securetransport.ftp.protocol")
 MAX_COMMANDS_BEFORE_LOGIN = 20
 MAX_QUEUED_COMMANDS = 32
 MAX_FAILED_LOGINS_PER_SESSION = 3
+MAX_DATA_TLS_REFUSALS = 20  # 522s in a row: lftp retries a 522 in a tight loop
 
 
 class _Transfer:
@@ -105,6 +106,7 @@ class FTPSession(Protocol):
         self.login_method: str | None = None
         self.commands_before_login = 0
         self.failed_logins = 0
+        self.data_tls_refusals = 0
         # file state
         self.fs: IFilesystem | None = None
         self.cwd = "/"
@@ -1182,6 +1184,7 @@ class FTPSession(Protocol):
                 def report(_: object = None) -> None:
                     self._record_transfer(transfer, ok, seconds, code)
                     finish(code, text)
+                    self._count_tls_refusal(code)
 
                 if isinstance(cleaned, Deferred):
 
@@ -1219,6 +1222,16 @@ class FTPSession(Protocol):
             started = defer.fail(error)
         started.addCallbacks(prepared, not_prepared)
         return result
+
+    def _count_tls_refusal(self, code: int) -> None:
+        """Close a session that keeps retrying data connections we refuse (522)."""
+        if code != Reply.DATA_TLS_FAILED:
+            self.data_tls_refusals = 0
+            return
+        self.data_tls_refusals += 1
+        if self.data_tls_refusals >= MAX_DATA_TLS_REFUSALS and not self.closing:
+            self._send(Reply.SERVICE_UNAVAILABLE, "Too many refused data connections; closing")
+            self._close()
 
     def _watch_progress(self, transfer: _Transfer, last: int, since: float | None = None) -> None:
         """Abort the transfer when no byte moved for `data_timeout` seconds.

@@ -285,6 +285,31 @@ class SessionReuseTests(TestCase):
         return (yield in_thread(session)), payload
 
     @defer.inlineCallbacks
+    def test_a_client_retrying_522_in_a_loop_is_closed(self) -> Any:
+        # lftp answers 522 by retrying at once, forever: the session ends after 20.
+        server = LiveServer(self).start()
+        (server.home() / "f.bin").write_bytes(b"x" * 1000)
+
+        def session() -> list[str]:
+            ftp = ftps_login(server, "1.3", reuse=False)
+            replies = []
+            for _ in range(25):
+                try:
+                    _, reply = retr_outcome(ftp, "RETR f.bin")
+                except (EOFError, OSError) as error:
+                    reply = f"closed: {error!r}"
+                replies.append(reply)
+                if not reply.startswith("522"):
+                    break
+            ftp.close()
+            return replies
+
+        replies = yield in_thread(session)
+        self.assertEqual(len(replies), 21, replies)
+        self.assertTrue(all(r.startswith("522 ") for r in replies[:20]), replies)
+        self.assertTrue(replies[20].startswith(("421", "closed")), replies[20])
+
+    @defer.inlineCallbacks
     def test_stock_ftplib_gets_522_where_reuse_is_required(self) -> Any:
         server = LiveServer(self).start()
         for version in ("1.2", "1.3"):
