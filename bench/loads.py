@@ -6,14 +6,21 @@ values (plus raw figures kept in the JSON), or raises MeasureError.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import resource
+import select
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import IO
 
 from bench import procfs
 from bench.ftpclient import Target, close_quietly, list_session, login
@@ -42,6 +49,9 @@ class LoadContext:
     size: int  # bytes of the big file
     duration: float  # seconds for each session loop
     idle_sessions: int
+    cold_users: tuple[str, ...] = ()  # accounts no session has used in this server process
+    cold_password: str = ""  # the password of every cold account
+    repo: Path = Path(".")  # the repository root (for `python -m bench.idle_clients`)
 
 
 Values = dict[str, float]
@@ -64,6 +74,10 @@ class Metric:
     run: Callable[[LoadContext], Values]
     values: tuple[Value, ...]
     fresh: bool = False  # needs a freshly started server process
+    servers: tuple[str, ...] | None = None  # the servers it applies to; None: all
+
+    def applies_to(self, server: str) -> bool:
+        return self.servers is None or server in self.servers
 
 
 class ServerCPU:
@@ -197,6 +211,39 @@ def _session_loop(target: Target, deadline: float) -> tuple[int, int, str]:
             return done, resumed, f"{type(error).__name__}: {error}"
         done += 1
     return done, resumed, ""
+
+
+def cold_sessions(ctx: LoadContext) -> Values:
+    """login + CWD + LIST + QUIT with ftplib, each session as an account not used before.
+
+    Every login misses the server's verified-credential cache (ours runs its argon2id
+    KDF each time). Ends at the deadline or when the accounts run out, whichever is
+    first; `accounts_exhausted` says which.
+    """
+    if not ctx.cold_users:
+        raise MeasureError("no cold accounts were made for this server")
+    context = ctx.target.tls_context()
+    cpu = ServerCPU(ctx)
+    started = time.monotonic()
+    deadline = started + ctx.duration
+    done = resumed = 0
+    error = ""
+    for name in ctx.cold_users:
+        if time.monotonic() >= deadline:
+            break
+        target = replace(ctx.target, user=name, password=ctx.cold_password)
+        try:
+            resumed += list_session(target, context, LIST_FOLDER, LIST_ENTRIES)
+        except Exception as failure:  # noqa: BLE001 - any failure ends the loop, reported
+            error = f"{name}: {type(failure).__name__}: {failure}"
+            break
+        done += 1
+    elapsed = time.monotonic() - started
+    cpu_s = cpu.stop()
+    values = _session_values([(done, resumed, error)], elapsed, cpu_s)
+    values["accounts_exhausted"] = float(done == len(ctx.cold_users))
+    values["accounts"] = float(len(ctx.cold_users))
+    return values
 
 
 def _session_worker(target: Target, deadline: float, pipe: Connection) -> None:
@@ -348,7 +395,116 @@ def idle_memory(ctx: LoadContext) -> Values:
     }
 
 
+SCALE_SOURCES = "2-20"  # idle clients bind to 127.0.0.2 .. 127.0.0.20
+
+
+def idle_memory_scaled(ctx: LoadContext, sessions: int) -> Values:
+    """PSS growth of a fresh server for `sessions` idle, logged-in FTPS sessions.
+
+    The sessions come from one asyncio client process (bench/idle_clients.py), spread
+    over the source addresses 127.0.0.2-20, each doing AUTH TLS, USER/PASS, PBSZ 0,
+    PROT P. The server inherits the bench's RLIMIT_NOFILE.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < sessions + 128:
+        raise MeasureError(
+            f"RLIMIT_NOFILE is {soft} (hard {hard}); {sessions} sessions need {sessions + 128}"
+        )
+    with idle_clients(ctx.target, 1, ctx.repo):
+        pass  # warm-up: lazy imports, caches, the first login
+    time.sleep(0.5)
+    base_processes = len(procfs.process_tree(ctx.pid))
+    before = procfs.tree_pss_kib(ctx.pid)
+    with idle_clients(ctx.target, sessions, ctx.repo) as ready:
+        time.sleep(1.0)
+        after = procfs.tree_pss_kib(ctx.pid)
+        processes = len(procfs.process_tree(ctx.pid)) - base_processes
+    return {
+        "kib_per_session": (after - before) / sessions,
+        "pss_before_kib": before,
+        "pss_after_kib": after,
+        "sessions": sessions,
+        "processes_added": processes,
+        "login_s": float(ready.get("seconds", 0.0)),
+        "source_addresses": float(ready.get("sources", 0)),
+    }
+
+
+@contextmanager
+def idle_clients(target: Target, sessions: int, repo: Path) -> Iterator[dict[str, float]]:
+    """`sessions` idle logged-in FTPS clients (bench/idle_clients.py in a process of its
+    own), held open inside the `with` block; yields their ready line; MeasureError."""
+    argv = [sys.executable, "-m", "bench.idle_clients", "--host", target.host]
+    argv += ["--port", str(target.port), "--user", target.user]
+    argv += ["--cafile", target.cafile, "--sessions", str(sessions)]
+    argv += ["--sources", SCALE_SOURCES]
+    env = dict(os.environ, BENCH_PASSWORD=target.password, PYTHONPATH=str(repo))
+    timeout = 120 + sessions * 0.05  # 20 sessions/s at worst
+    with tempfile.TemporaryFile() as errors:  # a pipe could fill up and stall the clients
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            env=env,
+            cwd=repo,
+        )
+        try:
+            ready = _ready_line(process, timeout, errors)
+            yield ready
+        finally:
+            _end_clients(process)
+
+
+def _ready_line(
+    process: subprocess.Popen[bytes], timeout: float, errors: IO[bytes]
+) -> dict[str, float]:
+    assert process.stdout is not None
+    readable, _, _ = select.select([process.stdout], [], [], timeout)
+    line = process.stdout.readline() if readable else b""
+    if not line:
+        if readable:
+            process.wait(timeout=10)
+            errors.seek(0)
+            stderr = errors.read().decode(errors="replace")
+            last = stderr.strip().splitlines()[-1:] or [f"exit {process.returncode}"]
+            raise MeasureError(f"idle clients ended: {last[0]}")
+        raise MeasureError(f"idle clients not logged in within {timeout:.0f} s")
+    try:
+        answer = json.loads(line)
+    except ValueError:
+        raise MeasureError(f"idle clients said {line[:200]!r}") from None
+    if "error" in answer:
+        raise MeasureError(f"idle clients: {answer['error']}")
+    return dict(answer)
+
+
+def _end_clients(process: subprocess.Popen[bytes]) -> None:
+    try:
+        if process.stdin is not None:
+            process.stdin.write(b"close\n")
+            process.stdin.close()
+    except OSError:
+        pass
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
 # --- the table -------------------------------------------------------------------------
+
+# Servers whose accounts the bench can make by the hundred (vsftpd, pure-ftpd and ProFTPD
+# log in system users only): the cold-login metric runs on these.
+COLD_SERVERS = ("securetransport", "pyftpdlib")
+# Idle session counts of the scaled memory metrics and the servers each runs on.
+SCALE_METRICS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (1000, ("securetransport", "pyftpdlib")),
+    (10000, ("securetransport",)),
+)
 
 _TRANSFER_VALUES = (
     Value("mbps", "MB/s", True, 0),
@@ -368,9 +524,16 @@ METRICS: dict[str, Metric] = {
         Metric("stor_tls", "STOR FTPS (warm)", lambda ctx: stor(ctx, True), _TRANSFER_VALUES),
         Metric(
             "sessions_ftplib",
-            "FTPS sessions ftplib, 1 at a time",
+            "FTPS sessions ftplib, warm login, 1 at a time",
             lambda ctx: ftplib_sessions(ctx, 1),
             _SESSION_VALUES,
+        ),
+        Metric(
+            "sessions_ftplib_cold",
+            "FTPS sessions ftplib, cold login, 1 at a time",
+            cold_sessions,
+            _SESSION_VALUES,
+            servers=COLD_SERVERS,
         ),
         Metric(
             "sessions_ftplib_4",
@@ -385,6 +548,17 @@ METRICS: dict[str, Metric] = {
             idle_memory,
             (Value("kib_per_session", "PSS KiB/session", False, 0),),
             fresh=True,
+        ),
+        *(
+            Metric(
+                f"idle_memory_{count}",
+                f"idle FTPS session memory, {count:,} sessions from 127.0.0.2-20",
+                lambda ctx, count=count: idle_memory_scaled(ctx, count),  # type: ignore[misc]
+                (Value("kib_per_session", "PSS KiB/session", False, 0),),
+                fresh=True,
+                servers=servers,
+            )
+            for count, servers in SCALE_METRICS
         ),
     )
 }

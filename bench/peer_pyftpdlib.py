@@ -15,6 +15,8 @@ from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import TLS_FTPHandler
 from pyftpdlib.servers import FTPServer
 
+from bench.servers import cold_names
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.peer_pyftpdlib")
@@ -25,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--certificate", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--max-sessions", type=int, default=512)
+    parser.add_argument(
+        "--cold-users",
+        type=int,
+        default=0,
+        help="also add cold00001..N with BENCH_COLD_PASSWORD, same home (cold-login metric)",
+    )
     args = parser.parse_args(argv)
     password = os.environ.get("BENCH_PASSWORD")
     if not password:
@@ -38,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
 
     authorizer = DummyAuthorizer()
     authorizer.add_user(args.user, password, args.home, perm="elradfmwMT")
+    if args.cold_users:
+        cold_password = os.environ.get("BENCH_COLD_PASSWORD")
+        if not cold_password:
+            print("peer_pyftpdlib: BENCH_COLD_PASSWORD is not set", file=sys.stderr)
+            return 2
+        for name in cold_names(args.cold_users):
+            authorizer.add_user(name, cold_password, args.home, perm="elradfmwMT")
 
     class Handler(TLS_FTPHandler):
         pass

@@ -105,7 +105,7 @@ def table(
             per_server = {s: summarize(measurements, s, name, value.key) for s in servers}
             better = "higher" if value.higher_is_better else "lower"
             row = [f"{metric.title}: {value.label} ({better} is better)"]
-            row += [_cell(per_server[s], value, _status(s, unavailable)) for s in servers]
+            row += [_cell(per_server[s], value, _status(s, unavailable, metric)) for s in servers]
             entry: dict[str, Any] = {s: asdict(per_server[s]) for s in servers}
             if len(header) > len(servers) + 1:
                 ratios = {p: ratio(per_server[ours], per_server[p]) for p in ratio_columns}
@@ -127,7 +127,9 @@ def table(
     return "\n".join(lines), summary
 
 
-def _status(server: str, unavailable: dict[str, str]) -> str:
+def _status(server: str, unavailable: dict[str, str], metric: Metric) -> str:
+    if not metric.applies_to(server):
+        return "n/a"
     return "not available" if server in unavailable else ""
 
 

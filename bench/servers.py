@@ -28,6 +28,13 @@ START_TIMEOUT = 30.0
 PR_SET_PDEATHSIG = 1
 CGROUP_PREFIX = "securetransport-bench"
 STOP_TIMEOUT = 10.0
+COLD_PREFIX = "cold"  # cold-login accounts: cold00001, cold00002, ...
+PEER_COLD_ACCOUNTS = 10_000
+
+
+def cold_names(count: int) -> tuple[str, ...]:
+    """The names of `count` cold-login accounts (the same for every server)."""
+    return tuple(f"{COLD_PREFIX}{index:05d}" for index in range(1, count + 1))
 
 
 class Unavailable(Exception):
@@ -49,6 +56,8 @@ class BenchEnv:
     cache: Path  # bench/.cache: unpacked Debian packages
     logs: Path
     idle_sessions: int  # the most sessions a server must accept at once
+    scale_sessions: int = 0  # the most idle sessions of the scaled memory metrics (ours only)
+    cold_accounts: int = 0  # accounts made for the cold-login metric (0: not run)
     local_crypt: str = "SHA512"  # chpasswd --crypt-method for LOCAL_USER's password
     local_password: str | None = None  # of LOCAL_USER, once set up
     notes: list[str] = field(default_factory=list)
@@ -60,6 +69,11 @@ class BenchEnv:
     @property
     def max_sessions(self) -> int:
         return self.idle_sessions + 64
+
+    @property
+    def max_sessions_scaled(self) -> int:
+        """The session limit for the servers the scaled memory metrics run on."""
+        return max(self.idle_sessions, self.scale_sessions) + 64
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,8 @@ class ServerSpec(ABC):
     password: str = ""
     version: str = "?"
     cpu_accounting: str = ""  # how its CPU was counted: "cgroup v2", "cgroup v1", "/proc tree"
+    cold_users: tuple[str, ...] = ()  # accounts for the cold-login metric, in the order used
+    cold_password: str = ""
 
     passive: tuple[int, int] = (0, 0)  # inclusive range in use, set by start()
 
@@ -290,8 +306,8 @@ banner = "securetransport bench"
 allow_root = true
 home_root = {_toml(env.home.parent)}
 users = {_toml("sqlite:" + str(path.parent / "users.sqlite3"))}
-max_sessions = {env.max_sessions}
-max_sessions_per_address = {env.max_sessions}
+max_sessions = {env.max_sessions_scaled}
+max_sessions_per_address = {env.max_sessions_scaled}
 login_timeout = 120
 idle_timeout = 900
 
@@ -347,6 +363,34 @@ session_reuse = "required"
         self.write_config(env, CONTROL_PORTS.start + 1)
         self._cli(env, "check")
         self._cli(env, "users", "add", self.user, "--password-stdin", stdin=self.password + "\n")
+        if env.cold_accounts:
+            self.cold_password = secrets.token_urlsafe(12)
+            self.cold_users = cold_names(env.cold_accounts)
+            self._add_cold_accounts(env)
+
+    def _add_cold_accounts(self, env: BenchEnv) -> None:
+        """The cold-login accounts, straight into the user store (one CLI call each is slow).
+
+        They share one argon2id hash (one salt): verifying costs the same whatever the
+        salt, and the server's credential cache is keyed by name too, so each first login
+        of each account runs the KDF. Their home is the shared folder.
+        """
+        from securetransport.passwords import hash_password  # noqa: PLC0415
+        from securetransport.userstore import (  # noqa: PLC0415
+            Account,
+            UserStoreError,
+            open_user_store,
+        )
+
+        hashed = hash_password(self.cold_password)
+        store = open_user_store("sqlite:" + str(self.config_path(env).parent / "users.sqlite3"))
+        try:
+            for name in self.cold_users:
+                store.add(Account(name=name, password_hash=hashed, home=self.user))
+        except UserStoreError as error:
+            raise Unavailable(f"cold accounts: {error}") from None
+        finally:
+            store.close()
 
     def launch(self, env: BenchEnv, port: int) -> Launch:
         config = self.write_config(env, port)
@@ -407,11 +451,17 @@ class Pyftpdlib(ServerSpec):
             raise Unavailable("pyftpdlib is not installed in the venv") from None
         self.version = getattr(pyftpdlib, "__ver__", "?")
         self.password = secrets.token_urlsafe(12)
+        if env.cold_accounts:
+            # Adding a DummyAuthorizer user costs nothing and pyftpdlib logs in several
+            # times faster than we do: give it enough never to run out within a loop.
+            self.cold_password = secrets.token_urlsafe(12)
+            self.cold_users = cold_names(max(env.cold_accounts, PEER_COLD_ACCOUNTS))
 
     def launch(self, env: BenchEnv, port: int) -> Launch:
         low, high = self.passive
         environ = _base_env()
         environ["BENCH_PASSWORD"] = self.password
+        environ["BENCH_COLD_PASSWORD"] = self.cold_password
         environ["PYTHONPATH"] = str(env.repo)
         argv = [
             sys.executable,
@@ -430,7 +480,9 @@ class Pyftpdlib(ServerSpec):
             "--key",
             str(env.pki / "server.key"),
             "--max-sessions",
-            str(env.max_sessions),
+            str(env.max_sessions_scaled),
+            "--cold-users",
+            str(len(self.cold_users)),
         ]
         return Launch(argv, environ, env.repo)
 

@@ -100,7 +100,9 @@ def measure_handshakes(factory: SessionContextFactory, version: int, n: int = 20
         full.append(time.perf_counter() - start)
         again = SSL.Connection(client_context)
         again.set_connect_state()
-        again.set_session(client.get_session())
+        session = client.get_session()
+        assert session is not None
+        again.set_session(session)
         data = SSL.Connection(context)
         data.set_accept_state()
         start = time.perf_counter()
