@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -77,13 +76,60 @@ class _Transfer:
 class FTPSession(Protocol):
     """One control connection."""
 
+    # Slots keep an idle session small: its state lives in slots, not in a per-instance dict
+    # (Twisted's own attributes still go in a small one).
+    __slots__ = (
+        "_counted",
+        "_idle_timer",
+        "_login_timer",
+        "avatar",
+        "binary",
+        "busy",
+        "certificate",
+        "client_name",
+        "closing",
+        "commands_before_login",
+        "config",
+        "cwd",
+        "data",
+        "data_tls_refusals",
+        "epsv_all",
+        "failed_logins",
+        "fs",
+        "handshake",
+        "implicit",
+        "klass",
+        "lines",
+        "local_host",
+        "login_method",
+        "logout",
+        "mlst_facts",
+        "pbsz",
+        "peer",
+        "pending_user",
+        "prot_private",
+        "protected",
+        "queue",
+        "quit_after_transfer",
+        "reactor",
+        "rest",
+        "rnfr",
+        "server",
+        "session_id",
+        "tls_context",
+        "tls_started",
+        "transfer",
+        "username",
+    )
+
     def __init__(self, server: ServerRuntime, implicit: bool = False) -> None:
         self.server = server
         self.config = server.config
         self.reactor = server.reactor
         self.implicit = implicit
         self.lines = parser.LineBuffer()
-        self.queue: deque[bytes | parser.LineTooLong] = deque()
+        # A list, not a deque: it holds a few lines at most and costs 0.6 KiB less a session.
+        self.queue: list[bytes | parser.LineTooLong] = []
         self.busy = False
         self.closing = False
         self.peer = "0.0.0.0"
@@ -279,7 +325,7 @@ class FTPSession(Protocol):
         """ABOR, STAT and QUIT are served at once while a transfer runs."""
         if self.transfer is None:
             return
-        kept: deque[bytes | parser.LineTooLong] = deque()
+        kept: list[bytes | parser.LineTooLong] = []
         for item in self.queue:
             if isinstance(item, bytes):
                 command = parser.parse_command(item)
@@ -294,7 +340,7 @@ class FTPSession(Protocol):
 
     def _drain(self) -> None:
         while not self.busy and self.queue and not self.closing:
-            item = self.queue.popleft()
+            item = self.queue.pop(0)
             result = self._handle_line(item)
             if isinstance(result, Deferred):
                 self.busy = True
