@@ -77,10 +77,18 @@ class Control:
             reply = self.command(f"PASS {password}")
         return reply
 
-    def start_tls(self, context: ssl.SSLContext) -> None:
+    def start_tls(
+        self, context: ssl.SSLContext, server_hostname: str = "localhost"
+    ) -> ssl.SSLSocket:
         if self.buffer:
             raise ValueError("bytes after 234 before the handshake")
-        self.sock = context.wrap_socket(self.sock, server_hostname="localhost")
+        wrapped = context.wrap_socket(self.sock, server_hostname=server_hostname)
+        self.sock = wrapped
+        return wrapped
+
+    @property
+    def tls_session(self) -> ssl.SSLSession | None:
+        return getattr(self.sock, "session", None)
 
     def closed_by_server(self, limit: float = 5) -> bool:
         """True when the server closes within `limit` seconds (whatever it sends first)."""
@@ -142,7 +150,13 @@ class ResumingFTP_TLS(ftplib.FTP_TLS):  # noqa: N801 - named after ftplib.FTP_TL
     """ftplib over TLS that resumes the control connection's TLS session on data connections.
 
     Stock ftplib never does (python#63699), and the server requires it by default.
+    `data_resumed` records, per protected data connection, whether the client saw its
+    session resumed.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.data_resumed: list[bool] = []
 
     def ntransfercmd(
         self, cmd: str, rest: int | str | None = None
@@ -150,9 +164,11 @@ class ResumingFTP_TLS(ftplib.FTP_TLS):  # noqa: N801 - named after ftplib.FTP_TL
         conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
         if self._prot_p:  # type: ignore[attr-defined]
             session = getattr(self.sock, "session", None)
-            conn = self.context.wrap_socket(  # type: ignore[attr-defined]
+            tls = self.context.wrap_socket(  # type: ignore[attr-defined]
                 conn, server_hostname=self.host, session=session
             )
+            self.data_resumed.append(bool(tls.session_reused))
+            return tls, size
         return conn, size
 
 
@@ -206,11 +222,13 @@ def open_session(
     return tls
 
 
-def client_hello() -> bytes:
-    """The bytes of a real TLS ClientHello (made in memory)."""
+def client_hello(version: ssl.TLSVersion | None = None) -> bytes:
+    """The bytes of a real TLS ClientHello (made in memory), optionally pinned to `version`."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    if version is not None:
+        context.minimum_version = context.maximum_version = version
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
     try:

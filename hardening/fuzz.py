@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import random
-import shutil
 import socket
 import struct
 import tempfile
@@ -33,7 +31,7 @@ from hardening.clients import (
 )
 from hardening.grammar import command_line, tls_payload
 from hardening.server import ServerProcess
-from hardening.stats import Sampler, summary_ms
+from hardening.stats import Sampler, finish_report, summary_ms
 
 FUZZ_SERVER = """
 login_timeout = 10
@@ -123,8 +121,11 @@ class Sink:
 
 
 def _reply_codes(data: bytes) -> list[str]:
-    return [line[:3].decode("ascii", "replace") for line in data.split(b"\r\n")
-            if len(line) >= 4 and line[:3].isdigit() and line[3:4] == b" "]
+    return [
+        line[:3].decode("ascii", "replace")
+        for line in data.split(b"\r\n")
+        if len(line) >= 4 and line[:3].isdigit() and line[3:4] == b" "
+    ]
 
 
 def command_worker(
@@ -210,8 +211,9 @@ def _count(received: bytes | bytearray, counters: Counters) -> None:
         counters.tally("replies", code[0] + "xx")
 
 
-def tls_case(index: int, server: ServerProcess, hello: bytes, options: FuzzOptions,
-             counters: Counters) -> None:
+def tls_case(
+    index: int, server: ServerProcess, hello: bytes, options: FuzzOptions, counters: Counters
+) -> None:
     """One connection with a malformed TLS opening, on the implicit port or after AUTH TLS."""
     rng = random.Random(options.seed * 7919 + index)
     kind, payload = tls_payload(rng, hello)
@@ -261,8 +263,14 @@ def health_check(server: ServerProcess, label: str, counters: Counters) -> None:
     """A real TLS session: login, upload, download (SHA-256), listing."""
     data = os.urandom(256 * 1024)
     try:
-        ftp = open_session(server.implicit_port, "alice", server.password, mode="implicit",
-                           pki=server.pki, timeout=20)
+        ftp = open_session(
+            server.implicit_port,
+            "alice",
+            server.password,
+            mode="implicit",
+            pki=server.pki,
+            timeout=20,
+        )
         ftp.cwd("/")
         ftp.storbinary(f"STOR health-{label}.bin", io.BytesIO(data))
         back = io.BytesIO()
@@ -307,9 +315,12 @@ def run(options: FuzzOptions) -> int:
     root = Path(tempfile.mkdtemp(prefix="st-fuzz-"))
     root.chmod(0o755)
     server = ServerProcess(root / "server", extra_server=FUZZ_SERVER).start()
-    print(f"fuzz: server pid {server.pid} on 127.0.0.1:{server.explicit_port} (explicit), "
-          f":{server.implicit_port} (implicit); {options.lines} lines, "
-          f"{options.tls_records} TLS records, seed {options.seed}", flush=True)
+    print(
+        f"fuzz: server pid {server.pid} on 127.0.0.1:{server.explicit_port} (explicit), "
+        f":{server.implicit_port} (implicit); {options.lines} lines, "
+        f"{options.tls_records} TLS records, seed {options.seed}",
+        flush=True,
+    )
     counters = Counters()
     sinks = [Sink(f"127.0.0.{100 + i % 100}") for i in range(options.workers)]
     probe_state: dict[str, Any] = {}
@@ -329,8 +340,11 @@ def run(options: FuzzOptions) -> int:
 
     threads = [threading.Thread(target=tls_phase, name="tls")]
     threads += [
-        threading.Thread(target=command_worker, name=f"lines-{i}",
-                         args=(i, server, options, counters, sinks[i], deadline))
+        threading.Thread(
+            target=command_worker,
+            name=f"lines-{i}",
+            args=(i, server, options, counters, sinks[i], deadline),
+        )
         for i in range(options.workers)
     ]
     for thread in threads:
@@ -341,8 +355,11 @@ def run(options: FuzzOptions) -> int:
             thread.join(1.0)
         if time.monotonic() - last_report > 15:
             last_report = time.monotonic()
-            print(f"  {counters.lines} lines, {sum(counters.tls.values())} TLS records, "
-                  f"{time.monotonic() - started:.0f} s", flush=True)
+            print(
+                f"  {counters.lines} lines, {sum(counters.tls.values())} TLS records, "
+                f"{time.monotonic() - started:.0f} s",
+                flush=True,
+            )
     elapsed = time.monotonic() - started
     noop.stop()
     rss.stop()
@@ -382,18 +399,6 @@ def run(options: FuzzOptions) -> int:
     server.stop()
     ok = alive and not problems and not counters.health_failures
     ok = ok and counters.lines >= options.lines and report["tls_records"] >= options.tls_records
-    print_report("fuzz", report, ok)
-    if options.json_path is not None:
-        options.json_path.parent.mkdir(parents=True, exist_ok=True)
-        options.json_path.write_text(json.dumps(report, indent=2) + "\n")
-    if ok and not options.keep:
-        shutil.rmtree(root, ignore_errors=True)
-    else:
-        print(f"fuzz: server folder kept in {root}")
-    return 0 if ok else 1
-
-
-def print_report(name: str, report: dict[str, Any], ok: bool) -> None:
-    print(f"\n{name}: {'PASS' if ok else 'FAIL'}")
-    for key, value in report.items():
-        print(f"  {key}: {json.dumps(value)}")
+    return finish_report(
+        "fuzz", report, ok, json_path=options.json_path, root=root, keep=options.keep
+    )

@@ -13,9 +13,7 @@ from __future__ import annotations
 import ftplib
 import hashlib
 import io
-import json
 import random
-import shutil
 import socket
 import struct
 import tempfile
@@ -25,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hardening.clients import open_session
-from hardening.fuzz import print_report
 from hardening.server import ServerProcess
-from hardening.stats import Sampler, summary_ms
+from hardening.stats import Sampler, finish_report, summary_ms
 
 ACCOUNTS = 20
 POOL_SIZE = 16 * 1024 * 1024
@@ -100,8 +97,14 @@ class Payloads:
 class Client:
     """One simulated user: sessions of random operations on its own folder."""
 
-    def __init__(self, index: int, server: ServerProcess, options: SoakOptions,
-                 payloads: Payloads, totals: Totals) -> None:
+    def __init__(
+        self,
+        index: int,
+        server: ServerProcess,
+        options: SoakOptions,
+        payloads: Payloads,
+        totals: Totals,
+    ) -> None:
         self.index = index
         self.server = server
         self.options = options
@@ -120,8 +123,14 @@ class Client:
         port = self.server.implicit_port if self.mode == "implicit" else self.server.explicit_port
         for attempt in range(20):  # 421 when the password pool is full: back off and retry
             try:
-                return open_session(port, self.account, self.server.password, mode=self.mode,
-                                    pki=self.server.pki, timeout=120)
+                return open_session(
+                    port,
+                    self.account,
+                    self.server.password,
+                    mode=self.mode,
+                    pki=self.server.pki,
+                    timeout=120,
+                )
             except ftplib.error_temp as error:
                 if not str(error).startswith("421"):
                     raise
@@ -188,8 +197,9 @@ class Client:
         if reply.startswith("226"):
             self.files[name] = hashlib.sha256(data).hexdigest()
             self.sizes[name] = len(data)
-        self.totals.done("overwrite" if overwrite else "upload", time.perf_counter() - started,
-                         up=len(data))
+        self.totals.done(
+            "overwrite" if overwrite else "upload", time.perf_counter() - started, up=len(data)
+        )
 
     def download(self, ftp: ftplib.FTP) -> None:
         name = self.rng.choice(sorted(self.files))
@@ -243,8 +253,11 @@ class Client:
         replies = self.replies(ftp, 2)
         # RFC 959: 426 then 226; or 426 (our close came first) then 225; or the transfer
         # had finished (226) and ABOR found nothing to abort (225).
-        if tuple(reply[:3] for reply in replies) not in {("426", "226"), ("426", "225"),
-                                                         ("226", "225")}:
+        if tuple(reply[:3] for reply in replies) not in {
+            ("426", "226"),
+            ("426", "225"),
+            ("226", "225"),
+        }:
             self.totals.error(f"aborted download replies: {replies}")
         self.totals.done("aborted download", time.perf_counter() - started)
 
@@ -291,10 +304,14 @@ def run(options: SoakOptions) -> int:
     root = Path(tempfile.mkdtemp(prefix="st-soak-"))
     root.chmod(0o755)
     accounts = tuple(f"soak{i:02d}" for i in range(ACCOUNTS))
-    server = ServerProcess(root / "server", users=accounts,
-                           extra_server=soak_server(options.clients)).start()
-    print(f"soak: server pid {server.pid}; {options.clients} clients for {options.minutes} min "
-          f"(modes {', '.join(MODES)}), {ACCOUNTS} accounts", flush=True)
+    server = ServerProcess(
+        root / "server", users=accounts, extra_server=soak_server(options.clients)
+    ).start()
+    print(
+        f"soak: server pid {server.pid}; {options.clients} clients for {options.minutes} min "
+        f"(modes {', '.join(MODES)}), {ACCOUNTS} accounts",
+        flush=True,
+    )
     rng = random.Random(options.seed)
     payloads = Payloads(rng)
     totals = Totals()
@@ -302,8 +319,10 @@ def run(options: SoakOptions) -> int:
     started = time.monotonic()
     deadline = started + options.minutes * 60
     clients = [Client(i, server, options, payloads, totals) for i in range(options.clients)]
-    threads = [threading.Thread(target=c.run, args=(deadline,), name=f"client-{c.index}",
-                                daemon=True) for c in clients]
+    threads = [
+        threading.Thread(target=c.run, args=(deadline,), name=f"client-{c.index}", daemon=True)
+        for c in clients
+    ]
     for thread in threads:
         thread.start()
     last = time.monotonic()
@@ -314,9 +333,11 @@ def run(options: SoakOptions) -> int:
         time.sleep(1.0)
         if time.monotonic() - last > 30:
             last = time.monotonic()
-            print(f"  {time.monotonic() - started:.0f} s: {sum(totals.operations.values())} "
-                  f"operations, {totals.error_count} errors, rss {server.rss_kib()} KiB",
-                  flush=True)
+            print(
+                f"  {time.monotonic() - started:.0f} s: {sum(totals.operations.values())} "
+                f"operations, {totals.error_count} errors, rss {server.rss_kib()} KiB",
+                flush=True,
+            )
     elapsed = time.monotonic() - started
     rss.stop()
     lost = [problem for client in clients for problem in client.verify_disk()]
@@ -353,12 +374,6 @@ def run(options: SoakOptions) -> int:
     }
     server.stop()
     ok = alive and not problems and not lost and not totals.mismatches and not temporaries
-    print_report("soak", report, ok)
-    if options.json_path is not None:
-        options.json_path.parent.mkdir(parents=True, exist_ok=True)
-        options.json_path.write_text(json.dumps(report, indent=2) + "\n")
-    if ok and not options.keep:
-        shutil.rmtree(root, ignore_errors=True)
-    else:
-        print(f"soak: server folder kept in {root}")
-    return 0 if ok else 1
+    return finish_report(
+        "soak", report, ok, json_path=options.json_path, root=root, keep=options.keep
+    )

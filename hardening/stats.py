@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -67,3 +71,26 @@ class Sampler:
     @property
     def values(self) -> list[float]:
         return [value for _, value in self.samples]
+
+
+def print_report(name: str, report: dict[str, Any], ok: bool) -> None:
+    """PASS/FAIL and one `key: json value` line per report entry."""
+    print(f"\n{name}: {'PASS' if ok else 'FAIL'}")
+    for key, value in report.items():
+        print(f"  {key}: {json.dumps(value)}")
+
+
+def finish_report(
+    name: str, report: dict[str, Any], ok: bool, *, json_path: Path | None, root: Path, keep: bool
+) -> int:
+    """Print the report, write it as JSON to `json_path` if given, remove the server folder
+    `root` when the run passed and `keep` is off; the exit status (0 pass, 1 fail)."""
+    print_report(name, report, ok)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+    if ok and not keep:
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        print(f"{name}: server folder kept in {root}")
+    return 0 if ok else 1

@@ -37,5 +37,6 @@ class ServerRuntime:
     tls: TLSRuntime | None = None
     guard: LoginGuardLike = field(default_factory=lambda: LoginGuard(5, 300))
     sessions: SessionCounterLike = field(default_factory=lambda: SessionCounter(1000, 50))
+    sendfile_active: int = 0  # clear downloads holding a thread for os.sendfile
     failure_delay_base: float = 1.0  # seconds; tests may shorten it
     open_sessions: set[Any] = field(default_factory=set)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import error as netError
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IListeningPort
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.threads import deferToThreadPool
@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from securetransport.client import normalize_address
 from securetransport.replies import Reply
-from securetransport.vfs import FilesystemError, IReadHandle, IUpload
+from securetransport.vfs import IReadHandle, IUpload
 
 log = Logger(namespace="securetransport.ftp.data")
 
@@ -427,8 +427,9 @@ class DataChannel:
         self._timer = None
 
     def close(self) -> None:
-        """Drop the set-up: stop listening, abort any connection."""
+        """Drop the set-up: stop listening, abort any connection, fail a pending open()."""
         self._cancel_timer()
+        self._deliver_error(DataError(Reply.TRANSFER_ABORTED, "Transfer aborted"))
         self._stop_listening()
         if self.connection is not None:
             self.connection.abort()
@@ -602,11 +603,3 @@ class FileReceiver:
             self.error = failure
             self.connection.abort()
 
-
-def filesystem_error(failure: Failure) -> FilesystemError | None:
-    value = failure.value
-    return value if isinstance(value, FilesystemError) else None
-
-
-def cancelled(failure: Failure) -> bool:
-    return failure.check(CancelledError) is not None

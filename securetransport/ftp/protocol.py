@@ -49,6 +49,7 @@ log = Logger(namespace="securetransport.ftp.protocol")
 MAX_COMMANDS_BEFORE_LOGIN = 20
 MAX_QUEUED_COMMANDS = 32
 MAX_FAILED_LOGINS_PER_SESSION = 3
+SENDFILE_THREADS = 6  # of the reactor's 10 pool threads
 MAX_DATA_TLS_REFUSALS = 20  # 522s in a row: lftp retries a 522 in a tight loop
 
 
@@ -85,6 +86,7 @@ class FTPSession(Protocol):
         "avatar",
         "binary",
         "busy",
+        "saw_data",
         "certificate",
         "client_name",
         "closing",
@@ -131,6 +133,7 @@ class FTPSession(Protocol):
         # A list, not a deque: it holds a few lines at most and costs 0.6 KiB less a session.
         self.queue: list[bytes | parser.LineTooLong] = []
         self.busy = False
+        self.saw_data = False  # the first bytes decide "TLS ClientHello on an explicit port"
         self.closing = False
         self.peer = "0.0.0.0"
         self.local_host = "0.0.0.0"
@@ -304,7 +307,7 @@ class FTPSession(Protocol):
             not self.protected
             and not self.tls_started
             and not self.implicit
-            and not self.queue
+            and not self.saw_data
             and describe_first_bytes(data) == "tls"
         ):
             log.warn(
@@ -314,6 +317,7 @@ class FTPSession(Protocol):
             )
             self._close()
             return
+        self.saw_data = True
         for item in self.lines.feed(data):
             self.queue.append(item)
         if len(self.queue) > MAX_QUEUED_COMMANDS:
@@ -322,21 +326,23 @@ class FTPSession(Protocol):
         self._drain()
 
     def _serve_urgent(self) -> None:
-        """ABOR, STAT and QUIT are served at once while a transfer runs."""
+        """Commands marked `during_transfer` (ABOR, STAT, QUIT) are served at once."""
         if self.transfer is None:
             return
         kept: list[bytes | parser.LineTooLong] = []
+        urgent: list[parser.Command] = []
         for item in self.queue:
             if isinstance(item, bytes):
                 command = parser.parse_command(item)
-                if isinstance(command, parser.Command) and command.verb in ("ABOR", "STAT", "QUIT"):
-                    if command.verb == "STAT" and command.argument:
-                        kept.append(item)
-                        continue
-                    self._dispatch(command)
+                if isinstance(command, parser.Command) and _urgent(command):
+                    urgent.append(command)
                     continue
             kept.append(item)
+        # Take them out of the queue first: serving one may finish the transfer and
+        # drain the queue at once, which must not serve them a second time.
         self.queue = kept
+        for command in urgent:
+            self._dispatch(command)
 
     def _drain(self) -> None:
         while not self.busy and self.queue and not self.closing:
@@ -679,6 +685,10 @@ class FTPSession(Protocol):
             self._close()
             return None
         failure.trap(UnauthorizedLogin)
+        if method == "certificate":
+            # Never delayed, never counted (SPEC section 4): e.g. disabled since USER.
+            self._send(Reply.NOT_LOGGED_IN, "Login incorrect")
+            return None
         now = self.reactor.seconds()
         guard = self.server.guard
         delay = guard.failure_delay(name, now) * self.server.failure_delay_base
@@ -1188,7 +1198,14 @@ class FTPSession(Protocol):
             channel.close()
             result.callback(None)
 
-        def prepared(resource: Any) -> None:
+        def prepared(resource: Any) -> Deferred[Any] | None:
+            if transfer.aborted or self.closing:
+                # ABOR (or a disconnect) came while the file was being opened.
+                cleaned = cleanup(resource, False)
+                if isinstance(cleaned, Deferred):
+                    return cleaned.addBoth(lambda _: finish(Reply.TRANSFER_ABORTED, "Aborted"))
+                finish(Reply.TRANSFER_ABORTED, "Aborted")
+                return None
             channel.expect("receive" if verb in ("STOR", "APPE", "STOU") else "send")
             announced = False
             if not channel.settled_before_command():
@@ -1250,6 +1267,7 @@ class FTPSession(Protocol):
                 return None
 
             opened.addCallback(connected).addBoth(done)
+            return None
 
         def not_prepared(failure: Failure) -> None:
             error = failure.value
@@ -1262,11 +1280,20 @@ class FTPSession(Protocol):
                 self._send(Reply.LOCAL_ERROR, "Local error")
             result.callback(None)
 
+        def unexpected(failure: Failure) -> None:
+            log.failure("{verb} failed", failure, verb=verb)
+            if self.transfer is transfer:
+                self.transfer = None
+            channel.close()
+            if not result.called:
+                self._send(Reply.LOCAL_ERROR, "Local error")
+                result.callback(None)
+
         try:
             started = prepare()
         except FilesystemError as error:
             started = defer.fail(error)
-        started.addCallbacks(prepared, not_prepared)
+        started.addCallbacks(prepared, not_prepared).addErrback(unexpected)
         return result
 
     def _count_tls_refusal(self, code: int) -> None:
@@ -1349,11 +1376,27 @@ class FTPSession(Protocol):
             if offset > handle.size:
                 raise DataError(Reply.BAD_RESTART, "Restart offset beyond the end of the file")
             sender: Any
-            if connection.tls is None and hasattr(self.reactor, "getThreadPool"):
+            runtime = self.server
+            if (
+                connection.tls is None
+                and hasattr(self.reactor, "getThreadPool")
+                and runtime.sendfile_active < SENDFILE_THREADS
+            ):
+                # sendfile holds a thread of the reactor's pool for the whole transfer:
+                # a few at a time; further clear downloads stream from the files pool.
                 sender = SendfileSender(handle, connection, offset, self.reactor)
+                runtime.sendfile_active += 1
+                started = sender.start()
+
+                def release(result: object) -> object:
+                    runtime.sendfile_active -= 1
+                    return result
+
+                started.addBoth(release)
             else:
                 sender = FileSender(handle, connection, offset)
-            finished: Deferred[bool] = sender.start().addCallback(lambda _: connection.finish())
+                started = sender.start()
+            finished: Deferred[bool] = started.addCallback(lambda _: connection.finish())
             return finished.addCallback(_sent_result)
 
         def cleanup(handle: Any, ok: bool) -> None:
@@ -1488,6 +1531,16 @@ class FTPSession(Protocol):
             transfer.connection.abort()
         if transfer.channel is not None:
             transfer.channel.close()
+
+
+def _urgent(command: parser.Command) -> bool:
+    spec = COMMANDS.get(command.verb)
+    # STAT with a path is a listing: it waits for the transfer like other commands.
+    return (
+        spec is not None
+        and spec.during_transfer
+        and not (command.verb == "STAT" and command.argument)
+    )
 
 
 def _first_error(failure: Failure) -> Failure:

@@ -16,7 +16,6 @@ import ftplib
 import hashlib
 import io
 import json
-import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import defer
 
+from hardening.clients import ResumingFTP_TLS
 from securetransport import pki
 from securetransport.cli import main as cli_main
 from tests.e2e.harness import LiveServer, curl_base, curl_url, lftp_script, run_tool
@@ -242,23 +242,6 @@ def _der_element(der: bytes, offset: int) -> bytes:
 # ------------------------------------------------------------------------------ ftplib
 
 
-class ResumingFTP_TLS(ftplib.FTP_TLS):  # noqa: N801 (the ftplib name)
-    """FTP_TLS whose data connections resume the control connection's TLS session, as
-    curl and lftp do (stock ftplib never does: python#63699)."""
-
-    def ntransfercmd(
-        self, cmd: str, rest: int | str | None = None
-    ) -> tuple[socket.socket, int | None]:
-        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
-        if self._prot_p:  # type: ignore[attr-defined]
-            conn = self.context.wrap_socket(
-                conn,
-                server_hostname=self.host,
-                session=self.sock.session,  # type: ignore[union-attr]
-            )
-        return conn, size
-
-
 def client_context(server: LiveServer, cert: ClientCert | None = None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(server.pki / "ca.crt"))
     if cert is not None:
@@ -378,6 +361,23 @@ def _trace(exit_code: int, stdout: bytes, events: list[tuple[str, str]], stderr:
     )
 
 
+def _trace_from_log(
+    exit_code: int, out: bytes, err: bytes, *, sent: str, received: str, strip: bool = False
+) -> Trace:
+    """A Trace from a client's debug log: lines starting with `sent` are what it sent, with
+    `received` what it got (each line stripped first if `strip`)."""
+    text = err.decode("utf-8", "replace")
+    events: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        if strip:
+            line = line.strip()
+        if line.startswith(sent):
+            events.append((">", line[len(sent) :]))
+        elif line.startswith(received):
+            events.append(("<", line[len(received) :]))
+    return _trace(exit_code, out, events, text)
+
+
 @defer.inlineCallbacks
 def curl_dialogue(
     server: LiveServer,
@@ -401,14 +401,7 @@ def curl_dialogue(
     if interface is not None:
         args += ["--interface", interface]
     out, err, exit_code = yield run_tool("curl", [*args, curl_url(server, path, implicit=implicit)])
-    text = err.decode("utf-8", "replace")
-    events: list[tuple[str, str]] = []
-    for line in text.splitlines():
-        if line.startswith("> "):
-            events.append((">", line[2:]))
-        elif line.startswith("< "):
-            events.append(("<", line[2:]))
-    return _trace(exit_code, out, events, text)
+    return _trace_from_log(exit_code, out, err, sent="> ", received="< ")
 
 
 @defer.inlineCallbacks
@@ -427,15 +420,7 @@ def lftp_dialogue(
         extra += f"; set ssl:cert-file {cert.cert}; set ssl:key-file {cert.key}"
     args = ["-d", *lftp_script(server, commands, user=user, password=password, extra=extra)]
     out, err, exit_code = yield run_tool("lftp", args, path=work)
-    text = err.decode("utf-8", "replace")
-    events: list[tuple[str, str]] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("---> "):
-            events.append((">", line[5:]))
-        elif line.startswith("<--- "):
-            events.append(("<", line[5:]))
-    return _trace(exit_code, out, events, text)
+    return _trace_from_log(exit_code, out, err, sent="---> ", received="<--- ", strip=True)
 
 
 # ------------------------------------------------------------------------------ explain

@@ -6,17 +6,18 @@ Everything here is blocking: run it in a thread (`harness.in_thread`), never on 
 from __future__ import annotations
 
 import ftplib
-import re
-import socket
 import ssl
-import time
 import warnings
 from pathlib import Path
-from typing import Any
 
+from hardening.clients import HOST as HOST
+from hardening.clients import Control, ResumingFTP_TLS
+from hardening.clients import ImplicitFTP_TLS as ImplicitFTP_TLS
+from hardening.clients import client_hello as tls_client_hello
+from hardening.clients import pasv_port as pasv_port
+from hardening.clients import read_until_closed as read_until_closed
 from tests.e2e.harness import PASSWORD, LiveServer
 
-HOST = "127.0.0.1"
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 VERSION_NAMES = {"1.2": "TLSv1.2", "1.3": "TLSv1.3"}
 
@@ -55,50 +56,7 @@ def control_session(ftp: ftplib.FTP) -> ssl.SSLSession | None:
     return control.session
 
 
-class ReusingFTP_TLS(ftplib.FTP_TLS):  # noqa: N801 - named after ftplib.FTP_TLS
-    """ftplib over TLS that resumes the control connection's TLS session on data connections.
-
-    Stock ftplib never does (python#63699). `data_resumed` records, per data connection,
-    whether the client saw its session resumed.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.data_resumed: list[bool] = []
-
-    def ntransfercmd(
-        self, cmd: str, rest: int | str | None = None
-    ) -> tuple[socket.socket, int | None]:
-        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
-        if self._prot_p:  # type: ignore[attr-defined]
-            tls = self.context.wrap_socket(  # type: ignore[attr-defined]
-                conn, server_hostname=self.host, session=control_session(self)
-            )
-            self.data_resumed.append(bool(tls.session_reused))
-            return tls, size
-        return conn, size
-
-
-class ImplicitFTP_TLS(ReusingFTP_TLS):  # noqa: N801
-    """Implicit FTPS: TLS from the first byte; data protected by default, as the server says."""
-
-    def connect(
-        self,
-        host: str = "",
-        port: int = 0,
-        timeout: float = -999,
-        source_address: Any = None,
-    ) -> str:
-        self.host, self.port = host, port
-        if timeout != -999:
-            self.timeout = timeout
-        raw = socket.create_connection((host, port), self.timeout)
-        self.af = raw.family
-        self.sock = self.context.wrap_socket(raw, server_hostname=host)  # type: ignore[attr-defined]
-        self.file = self.sock.makefile("r", encoding=self.encoding)
-        self.welcome = self.getresp()
-        self._prot_p = True
-        return self.welcome
+ReusingFTP_TLS = ResumingFTP_TLS  # noqa: N816 - the name these tests have always used
 
 
 def ftps_login(
@@ -143,19 +101,11 @@ def reply_code(error: BaseException | str) -> str:
 # ----------------------------------------------------------------------------- raw control
 
 
-class RawControl:
+class RawControl(Control):
     """A control connection driven by hand: exact bytes out, whole replies in.
 
     Before TLS it reads byte by byte, so that it never swallows the server's first TLS bytes.
     """
-
-    def __init__(
-        self, port: int, *, timeout: float = 10, source: str | None = None, greet: bool = True
-    ) -> None:
-        self.sock: socket.socket = socket.create_connection(
-            (HOST, port), timeout=timeout, source_address=(source, 0) if source else None
-        )
-        self.greeting = self.read_reply() if greet else ""
 
     def read_line(self) -> str:
         line = bytearray()
@@ -166,86 +116,13 @@ class RawControl:
             line += byte
         return line[:-2].decode("utf-8", "replace")
 
-    def read_reply(self) -> str:
-        """One whole reply (multi-line replies joined with newlines)."""
-        first = self.read_line()
-        lines = [first]
-        if first[3:4] == "-":
-            while True:
-                line = self.read_line()
-                lines.append(line)
-                if line[:3] == first[:3] and line[3:4] == " ":
-                    break
-        return "\n".join(lines)
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def command(self, line: str) -> str:
-        self.send(line.encode() + b"\r\n")
-        return self.read_reply()
-
-    def start_tls(self, context: ssl.SSLContext) -> ssl.SSLSocket:
-        wrapped = context.wrap_socket(self.sock, server_hostname=HOST)
-        self.sock = wrapped
-        return wrapped
-
-    @property
-    def tls_session(self) -> ssl.SSLSession | None:
-        return getattr(self.sock, "session", None)
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-
-def pasv_port(reply: str) -> int:
-    """The port of a 227 (PASV) or 229 (EPSV) reply."""
-    if reply.startswith("229"):
-        match = re.search(r"\(\|\|\|(\d+)\|\)", reply)
-        if match is None:
-            raise ValueError(f"bad 229 reply: {reply!r}")
-        return int(match.group(1))
-    numbers = re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", reply)
-    if not reply.startswith("227") or numbers is None:
-        raise ValueError(f"bad 227 reply: {reply!r}")
-    return int(numbers.group(5)) * 256 + int(numbers.group(6))
-
-
-def read_until_closed(sock: socket.socket, limit: float = 10) -> tuple[bytes, str]:
-    """Everything the peer sends until it closes (or `limit` seconds); (bytes, how it ended)."""
-    sock.settimeout(limit)
-    received = bytearray()
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            return bytes(received), "timeout"
-        except (ssl.SSLError, OSError) as error:
-            return bytes(received), f"error: {error!r}"
-        if not chunk:
-            return bytes(received), "closed"
-        received += chunk
-    return bytes(received), "timeout"
+    def start_tls(self, context: ssl.SSLContext, server_hostname: str = HOST) -> ssl.SSLSocket:
+        return super().start_tls(context, server_hostname)
 
 
 def client_hello(version: str | None = None) -> bytes:
     """The bytes of a real TLS ClientHello (made in memory, never sent by ssl itself)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    if version is not None:
-        context.minimum_version = context.maximum_version = VERSIONS[version]
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
-    try:
-        tls.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return outgoing.read()
+    return tls_client_hello(None if version is None else VERSIONS[version])
 
 
 def store_and_close_at_once(ftp: ReusingFTP_TLS, name: str, payload: bytes) -> tuple[bool, str]:

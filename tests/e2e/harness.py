@@ -18,21 +18,12 @@ from twisted.internet import defer, reactor, threads
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from hardening.server import DEFAULT_CLASSES, PASSWORD
 from securetransport.config import load_config
 from securetransport.passwords import hash_password
 from securetransport.pki import init_pki
 from securetransport.service import SecureTransportService
 from securetransport.userstore import Account, open_user_store
-
-PASSWORD = "correct-horse-battery-9"
-DEFAULT_CLASSES = """
-[[class]]
-name = "everyone"
-ssl = "optional"
-client_certificate = "verify"
-login = ["certificate", "password"]
-session_reuse = "required"
-"""
 
 
 def require_tool(name: str) -> str:
@@ -233,6 +224,37 @@ def lftp_script(
         + f"; open -u {user},{password} {scheme}://127.0.0.1:{port}; {commands}; bye"
     )
     return ["-c", script]
+
+
+MIRROR_FILES = {"one.txt": 1000, "sub/two.bin": 300_000, "sub/deeper/three.bin": 5}
+
+
+@defer.inlineCallbacks
+def lftp_mirror_both_ways(
+    case: TestCase, server: LiveServer, work: Path, files: dict[str, int], **script: Any
+) -> Any:
+    """Make `files` (name: size) under work/tree, `lftp mirror -R` them to /tree, mirror
+    /tree back to work/back, and check every SHA-256 both ways; fires with the digests.
+    `script` goes to `lftp_script`."""
+    tree = work / "tree"
+    digests = {}
+    for name, size in files.items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        digests[name] = random_file(tree / name, size)
+    out, err, code = yield run_tool(
+        "lftp", lftp_script(server, f"mirror -R {tree} /tree", **script), path=work
+    )
+    case.assertEqual(code, 0, err)
+    for name, digest in digests.items():
+        case.assertEqual(sha256_file(server.home() / "tree" / name), digest)
+    back = work / "back"
+    out, err, code = yield run_tool(
+        "lftp", lftp_script(server, f"mirror /tree {back}", **script), path=work
+    )
+    case.assertEqual(code, 0, err)
+    for name, digest in digests.items():
+        case.assertEqual(sha256_file(back / name), digest)
+    return digests
 
 
 def curl_base(server: LiveServer, *, implicit: bool = False) -> list[str]:

@@ -58,6 +58,7 @@ from tests.e2e.access_helpers import (
     DAY,
     CertFactory,
     ClientCert,
+    Trace,
     code,
     curl_dialogue,
     dialogue,
@@ -124,6 +125,13 @@ def start_matrix(case: TestCase, **options: Any) -> LiveServer:
     return server
 
 
+def start_for_many_failures(case: TestCase) -> LiveServer:
+    """The matrix server with no ban and almost no failure delay, for tests that fail a lot."""
+    server = start_matrix(case, extra_server="max_login_failures = 1000")
+    server.runtime.failure_delay_base = 0.001
+    return server
+
+
 def certificates(case: TestCase, server: LiveServer) -> CertFactory:
     return CertFactory(server, Path(case.mktemp()).absolute())
 
@@ -150,14 +158,26 @@ def disable(server: LiveServer, name: str) -> None:
     store.update(replace(store.get(name), enabled=False))
 
 
-class ClearChannelTests(TestCase):
-    """Rows "clear, mandatory" and "clear, optional"."""
+def assert_password_login(case: TestCase, trace: Trace, note: object = None) -> None:
+    """curl or lftp logged in by password: exit status 0, USER 331, PASS 230."""
+    case.assertEqual(trace.exit_code, 0, (note, trace.stderr[-2000:]))
+    case.assertEqual(code(trace.reply_to("USER") or ""), "331", note)
+    case.assertEqual(code(trace.reply_to("PASS") or ""), "230", note)
+
+
+class MatrixTestCase(TestCase):
+    """A live server with the MATRIX classes and USERS (`self.server`), certificates for it
+    (`self.certs`)."""
 
     timeout = 60
 
     def setUp(self) -> None:
         self.server = start_matrix(self)
         self.certs = certificates(self, self.server)
+
+
+class ClearChannelTests(MatrixTestCase):
+    """Rows "clear, mandatory" and "clear, optional"."""
 
     @defer.inlineCallbacks
     def test_clear_user_in_mandatory_class_then_auth_tls(self) -> Any:
@@ -200,20 +220,12 @@ class ClearChannelTests(TestCase):
         self.assertIn("certificate", replies[0])
         self.assertIn(code(replies[1]), ("503", "530"))
         trace = yield curl_dialogue(self.server, "o-alice", PASSWORD, ssl_required=False)
-        self.assertEqual(trace.exit_code, 0, trace.stderr)
+        assert_password_login(self, trace)
         self.assertFalse(trace.sent_verb("AUTH"))
-        self.assertEqual(code(trace.reply_to("USER") or ""), "331")
-        self.assertEqual(code(trace.reply_to("PASS") or ""), "230")
 
 
-class TrustedCertificateTests(TestCase):
+class TrustedCertificateTests(MatrixTestCase):
     """Row "TLS, good certificate naming this account": 232 and no PASS."""
-
-    timeout = 60
-
-    def setUp(self) -> None:
-        self.server = start_matrix(self)
-        self.certs = certificates(self, self.server)
 
     @defer.inlineCallbacks
     def test_ftplib_232_in_every_class_with_certificate_login(self) -> Any:
@@ -334,9 +346,7 @@ class FailedCertificateTests(TestCase):
     def test_optional_class_falls_back_to_password_curl(self) -> Any:
         for reason, make in self.failed.items():
             trace = yield curl_dialogue(self.server, "o-alice", PASSWORD, make("o-alice"))
-            self.assertEqual(trace.exit_code, 0, (reason, trace.stderr[-2000:]))
-            self.assertEqual(code(trace.reply_to("USER") or ""), "331", reason)
-            self.assertEqual(code(trace.reply_to("PASS") or ""), "230", reason)
+            assert_password_login(self, trace, reason)
 
     @defer.inlineCallbacks
     def test_self_signed_not_pinned_is_untrusted(self) -> Any:
@@ -400,14 +410,8 @@ class RevocationTests(TestCase):
         self.assertEqual([code(r) for r in replies], ["234", "331", "230"])
 
 
-class OtherAccountTests(TestCase):
+class OtherAccountTests(MatrixTestCase):
     """Row "TLS, names another account": the certificate is ignored, 331 if password."""
-
-    timeout = 60
-
-    def setUp(self) -> None:
-        self.server = start_matrix(self)
-        self.certs = certificates(self, self.server)
 
     @defer.inlineCallbacks
     def test_bob_certificate_for_alice(self) -> Any:
@@ -425,23 +429,13 @@ class OtherAccountTests(TestCase):
     def test_bob_certificate_for_alice_curl_and_lftp(self) -> Any:
         bob = self.certs.existing("bob")
         trace = yield curl_dialogue(self.server, "alice", PASSWORD, bob)
-        self.assertEqual(trace.exit_code, 0, trace.stderr[-2000:])
-        self.assertEqual(code(trace.reply_to("USER") or ""), "331")
-        self.assertEqual(code(trace.reply_to("PASS") or ""), "230")
+        assert_password_login(self, trace)
         trace = yield lftp_dialogue(self.server, "alice", PASSWORD, bob)
-        self.assertEqual(trace.exit_code, 0, trace.stderr[-2000:])
-        self.assertEqual(code(trace.reply_to("USER") or ""), "331")
-        self.assertEqual(code(trace.reply_to("PASS") or ""), "230")
+        assert_password_login(self, trace)
 
 
-class CertificateOnlyTests(TestCase):
+class CertificateOnlyTests(MatrixTestCase):
     """login = ["certificate"]: no password path, in clear or over TLS."""
-
-    timeout = 60
-
-    def setUp(self) -> None:
-        self.server = start_matrix(self)
-        self.certs = certificates(self, self.server)
 
     @defer.inlineCallbacks
     def test_no_password_path(self) -> Any:
@@ -461,14 +455,11 @@ class CertificateOnlyTests(TestCase):
         self.assertNotEqual(trace.exit_code, 0)
 
 
-class CertificateAndPasswordTests(TestCase):
+class CertificateAndPasswordTests(MatrixTestCase):
     """login = ["certificate+password"]: a certificate naming the account AND its password."""
 
-    timeout = 60
-
     def setUp(self) -> None:
-        self.server = start_matrix(self)
-        self.certs = certificates(self, self.server)
+        super().setUp()
         self.own = self.certs.existing("b-alice")
 
     @defer.inlineCallbacks
@@ -491,9 +482,7 @@ class CertificateAndPasswordTests(TestCase):
     @defer.inlineCallbacks
     def test_needs_both_curl_and_lftp(self) -> Any:
         trace = yield curl_dialogue(self.server, "b-alice", PASSWORD, self.own)
-        self.assertEqual(trace.exit_code, 0, trace.stderr[-2000:])
-        self.assertEqual(code(trace.reply_to("USER") or ""), "331")
-        self.assertEqual(code(trace.reply_to("PASS") or ""), "230")
+        assert_password_login(self, trace)
         trace = yield curl_dialogue(self.server, "b-alice", PASSWORD)
         self.assertEqual(code(trace.reply_to("USER") or ""), "530")
         self.assertNotEqual(trace.exit_code, 0)
@@ -520,14 +509,8 @@ class ClientCertificateOffTests(TestCase):
         self.assertEqual(replies[0], TLS_REQUIRED)
 
 
-class PinnedCertificateTests(TestCase):
+class PinnedCertificateTests(MatrixTestCase):
     """Pinned certificates (users certificate add) versus certificates mapped by CN."""
-
-    timeout = 60
-
-    def setUp(self) -> None:
-        self.server = start_matrix(self)
-        self.certs = certificates(self, self.server)
 
     @defer.inlineCallbacks
     def test_pinned_self_signed_logs_in_and_disables_cn_mapping(self) -> Any:
@@ -716,14 +699,11 @@ class SessionStateTests(TestCase):
         self.assertEqual([code(r) for r in replies[3:]], ["530", "331", "230", "226"])
 
 
-class DataProtectionTests(TestCase):
+class DataProtectionTests(MatrixTestCase):
     """Mandatory class: PROT C then a transfer or listing -> 521, no data connection."""
 
-    timeout = 60
-
     def setUp(self) -> None:
-        self.server = start_matrix(self)
-        self.certs = certificates(self, self.server)
+        super().setUp()
         (self.server.home() / "file.txt").write_text("secret")
 
     def _prot_c_session(self, name: str) -> dict[str, Any]:
@@ -789,10 +769,7 @@ class EnumerationTests(TestCase):
     timeout = 120
 
     def setUp(self) -> None:
-        self.server = LiveServer(
-            self, classes=MATRIX, users=USERS, extra_server="max_login_failures = 1000"
-        ).start()
-        self.server.runtime.failure_delay_base = 0.001
+        self.server = start_for_many_failures(self)
         self.certs = certificates(self, self.server)
         disable(self.server, "bob")
 
@@ -871,14 +848,10 @@ class EnumerationTests(TestCase):
         self.assertLess(abs(difference), 0.5)
 
 
-class ExplainAgreementTests(TestCase):
+class ExplainAgreementTests(MatrixTestCase):
     """`securetransport policy explain` gives the reply the live server gives."""
 
     timeout = 90
-
-    def setUp(self) -> None:
-        self.server = start_matrix(self)
-        self.certs = certificates(self, self.server)
 
     def _compare(self, name: str, cert: ClientCert | None, tls: bool, live: str) -> None:
         told = explain(self.server, name, cert=cert, tls=tls)
@@ -968,10 +941,7 @@ class BadInputTests(TestCase):
     timeout = 90
 
     def setUp(self) -> None:
-        self.server = LiveServer(
-            self, classes=MATRIX, users=USERS, extra_server="max_login_failures = 1000"
-        ).start()
-        self.server.runtime.failure_delay_base = 0.001
+        self.server = start_for_many_failures(self)
         self.certs = certificates(self, self.server)
 
     @defer.inlineCallbacks

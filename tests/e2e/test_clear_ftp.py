@@ -12,10 +12,11 @@ from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from tests.e2e.harness import (
+    MIRROR_FILES,
     PASSWORD,
     LiveServer,
     in_thread,
-    lftp_script,
+    lftp_mirror_both_ways,
     random_file,
     run_tool,
     sha256_file,
@@ -272,25 +273,36 @@ class CurlAndLftpClearTests(TestCase):
 
     @defer.inlineCallbacks
     def test_lftp_mirror_both_ways(self) -> Any:
-        tree = self.work / "tree"
-        (tree / "sub" / "deeper").mkdir(parents=True)
-        digests = {
-            "one.txt": random_file(tree / "one.txt", 1000),
-            "sub/two.bin": random_file(tree / "sub" / "two.bin", 300_000),
-            "sub/deeper/three.bin": random_file(tree / "sub" / "deeper" / "three.bin", 5),
-        }
-        out, err, code = yield run_tool(
-            "lftp",
-            lftp_script(self.server, f"mirror -R {tree} /tree", tls=False),
-            path=self.work,
-        )
-        self.assertEqual(code, 0, err)
-        for name, digest in digests.items():
-            self.assertEqual(sha256_file(self.server.home() / "tree" / name), digest)
-        back = self.work / "back"
-        out, err, code = yield run_tool(
-            "lftp", lftp_script(self.server, f"mirror /tree {back}", tls=False), path=self.work
-        )
-        self.assertEqual(code, 0, err)
-        for name, digest in digests.items():
-            self.assertEqual(sha256_file(back / name), digest)
+        yield lftp_mirror_both_ways(self, self.server, self.work, MIRROR_FILES, tls=False)
+
+
+class AbortBeforeDataConnectionTests(TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.server = LiveServer(self).start()
+
+    @defer.inlineCallbacks
+    def test_abor_while_waiting_for_the_data_connection(self) -> Any:
+        (self.server.home() / "keep.bin").write_bytes(b"previous")
+
+        def session() -> list[str]:
+            ftp = ftp_login(self.server)
+            ftp.sendcmd("PASV")  # and never connect to it
+            replies = [ftp.sendcmd("STOR keep.bin")]
+            ftp.putcmd("ABOR")
+            replies += [ftp.getline(), ftp.getline()]
+            replies.append(ftp.sendcmd("NOOP"))
+            ftp.sendcmd("PASV")
+            replies.append(ftp.sendcmd("RETR keep.bin")[:3])  # 150, then no connection:
+            ftp.putcmd("ABOR")
+            replies += [ftp.getline()[:3], ftp.getline()[:3], ftp.sendcmd("NOOP")[:3]]
+            ftp.quit()
+            return replies
+
+        replies = yield in_thread(session)
+        self.assertTrue(replies[0].startswith("150"), replies)
+        self.assertEqual([r[:3] for r in replies[1:4]], ["426", "226", "200"], replies)
+        self.assertEqual(replies[4:], ["150", "426", "226", "200"])
+        self.assertEqual((self.server.home() / "keep.bin").read_bytes(), b"previous")
+        self.assertEqual(sorted(p.name for p in self.server.home().iterdir()), ["keep.bin"])

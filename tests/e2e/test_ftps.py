@@ -40,11 +40,13 @@ from tests.e2e.ftps_clients import (
     upload_download,
 )
 from tests.e2e.harness import (
+    MIRROR_FILES,
     PASSWORD,
     LiveServer,
     curl_base,
     curl_url,
     in_thread,
+    lftp_mirror_both_ways,
     lftp_script,
     random_file,
     run_tool,
@@ -201,32 +203,10 @@ class RealClientTests(TLSAssertions):
 
     @defer.inlineCallbacks
     def mirror(self, implicit: bool, version: str) -> Any:
-        tree = self.work / "tree"
-        (tree / "sub" / "deeper").mkdir(parents=True)
-        digests = {
-            "one.txt": random_file(tree / "one.txt", 1000),
-            "sub/two.bin": random_file(tree / "sub" / "two.bin", 300_000),
-            "sub/deeper/three.bin": random_file(tree / "sub" / "deeper" / "three.bin", 5),
-            "sub/empty.bin": random_file(tree / "sub" / "empty.bin", 0),
-        }
-        extra = lftp_tls(version)
-        out, err, code = yield run_tool(
-            "lftp",
-            lftp_script(self.server, f"mirror -R {tree} /tree", implicit=implicit, extra=extra),
-            path=self.work,
+        files = {**MIRROR_FILES, "sub/empty.bin": 0}
+        digests = yield lftp_mirror_both_ways(
+            self, self.server, self.work, files, implicit=implicit, extra=lftp_tls(version)
         )
-        self.assertEqual(code, 0, err)
-        for name, digest in digests.items():
-            self.assertEqual(sha256_file(self.server.home() / "tree" / name), digest)
-        back = self.work / "back"
-        out, err, code = yield run_tool(
-            "lftp",
-            lftp_script(self.server, f"mirror /tree {back}", implicit=implicit, extra=extra),
-            path=self.work,
-        )
-        self.assertEqual(code, 0, err)
-        for name, digest in digests.items():
-            self.assertEqual(sha256_file(back / name), digest)
         # mirror lists folders: every listing and file went over a resumed TLS data connection
         self.assert_protected(version, data_connections=2 * len(digests) + 3)
 
