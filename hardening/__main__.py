@@ -51,8 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.minutes <= 0 or args.clients < 1:
         parser.error("--minutes must be > 0 and --clients >= 1")
     return run_soak(
-        SoakOptions(minutes=args.minutes, clients=args.clients, seed=args.seed,
-                    keep=args.keep, json_path=args.json)
+        SoakOptions(
+            minutes=args.minutes,
+            clients=args.clients,
+            seed=args.seed,
+            keep=args.keep,
+            json_path=args.json,
+        )
     )
 
 

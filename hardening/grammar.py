@@ -22,17 +22,72 @@ RARE = {"QUIT", "REIN", "AUTH", "PASS", "PASV", "EPSV", "PORT", "EPRT"}
 COMMON = [verb for verb in VERBS if verb not in RARE]
 
 PATH_PIECES = (
-    "..", ".", "...", "%2e%2e", "%252e", "..\\", "\\", "~", "~root", "*", "?", "[a-z]",
-    "\u2215", "\uff0f", "\uff0e\uff0e", "\u202e", "\u0000", "\r", "con", "nul", "aux",
-    ".st-upload-", ".st-upload-00ff", "a" * 255, "a" * 256, "\U0001f600", "\udcff",
-    "etc", "passwd", "/", "//", "fuzz", "dir", "file.txt", " ", "-la", "-R",
+    "..",
+    ".",
+    "...",
+    "%2e%2e",
+    "%252e",
+    "..\\",
+    "\\",
+    "~",
+    "~root",
+    "*",
+    "?",
+    "[a-z]",
+    "\u2215",
+    "\uff0f",
+    "\uff0e\uff0e",
+    "\u202e",
+    "\u0000",
+    "\r",
+    "con",
+    "nul",
+    "aux",
+    ".st-upload-",
+    ".st-upload-00ff",
+    "a" * 255,
+    "a" * 256,
+    "\U0001f600",
+    "\udcff",
+    "etc",
+    "passwd",
+    "/",
+    "//",
+    "fuzz",
+    "dir",
+    "file.txt",
+    " ",
+    "-la",
+    "-R",
 )
 NUMBERS = (
-    "0", "-1", "1", "4294967296", "18446744073709551616", "99999999999999999999999999",
-    "1e9", "0x10", " 5", "5 ", "+5", "", "NaN", "\u0661\u0662",
+    "0",
+    "-1",
+    "1",
+    "4294967296",
+    "18446744073709551616",
+    "99999999999999999999999999",
+    "1e9",
+    "0x10",
+    " 5",
+    "5 ",
+    "+5",
+    "",
+    "NaN",
+    "\u0661\u0662",
 )
-FORMATS = ("%s%s%s%n", "%x" * 20, "{0}{1}", "${jndi:ldap://127.0.0.1/a}", "$(id)", "`id`",
-           "'; DROP TABLE accounts; --", "<script>", "\u202egnp.exe", "A" * 1000)
+FORMATS = (
+    "%s%s%s%n",
+    "%x" * 20,
+    "{0}{1}",
+    "${jndi:ldap://127.0.0.1/a}",
+    "$(id)",
+    "`id`",
+    "'; DROP TABLE accounts; --",
+    "<script>",
+    "\u202egnp.exe",
+    "A" * 1000,
+)
 
 
 def _choice(rng: random.Random, items: tuple[str, ...] | list[str]) -> str:
@@ -59,31 +114,37 @@ def active_argument(rng: random.Random, verb: str, sink: tuple[str, int]) -> str
     sink_port = sink[1]
     high, low = sink_port >> 8, sink_port & 255
     if verb == "PORT":
-        return _choice(rng, (
-            port_argument(sink),
-            f"127,0,0,2,{high},{low}",
-            "127,0,0,1,0,21",
-            "10,0,0,1,4,1",
-            "0,0,0,0,0,0",
-            "256,1,1,1,1,1",
-            "127,0,0,1,999,999",
-            "1,2,3",
-            ",,,,,",
-            "127,0,0,1,-1,5",
-            f"127,0,0,1,{high},{low},7",
-        ))
-    return _choice(rng, (
-        f"|1|{sink[0]}|{sink_port}|",
-        f"|1|127.0.0.2|{sink_port}|",
-        f"|2|::1|{sink_port}|",
-        "|1|127.0.0.1|21|",
-        "|3|127.0.0.1|5000|",
-        "||||",
-        "|1|999.0.0.1|5000|",
-        f"!1!127.0.0.1!{sink_port}!",
-        "|1|127.0.0.1|",
-        "\x00|1|127.0.0.1|5000|",
-    ))
+        return _choice(
+            rng,
+            (
+                port_argument(sink),
+                f"127,0,0,2,{high},{low}",
+                "127,0,0,1,0,21",
+                "10,0,0,1,4,1",
+                "0,0,0,0,0,0",
+                "256,1,1,1,1,1",
+                "127,0,0,1,999,999",
+                "1,2,3",
+                ",,,,,",
+                "127,0,0,1,-1,5",
+                f"127,0,0,1,{high},{low},7",
+            ),
+        )
+    return _choice(
+        rng,
+        (
+            f"|1|{sink[0]}|{sink_port}|",
+            f"|1|127.0.0.2|{sink_port}|",
+            f"|2|::1|{sink_port}|",
+            "|1|127.0.0.1|21|",
+            "|3|127.0.0.1|5000|",
+            "||||",
+            "|1|999.0.0.1|5000|",
+            f"!1!127.0.0.1!{sink_port}!",
+            "|1|127.0.0.1|",
+            "\x00|1|127.0.0.1|5000|",
+        ),
+    )
 
 
 def argument_for(rng: random.Random, verb: str, sink: tuple[str, int]) -> str | None:
@@ -102,14 +163,53 @@ def argument_for(rng: random.Random, verb: str, sink: tuple[str, int]) -> str | 
     if verb in ("REST", "ALLO", "PBSZ"):
         return _choice(rng, NUMBERS)
     if verb in ("TYPE", "MODE", "STRU", "PROT"):
-        return _choice(rng, ("A", "I", "L 8", "L 7", "E", "S", "F", "R", "P", "C", "B", "Z", "A N",
-                             "a", "I I I", "\x00"))
+        return _choice(
+            rng,
+            (
+                "A",
+                "I",
+                "L 8",
+                "L 7",
+                "E",
+                "S",
+                "F",
+                "R",
+                "P",
+                "C",
+                "B",
+                "Z",
+                "A N",
+                "a",
+                "I I I",
+                "\x00",
+            ),
+        )
     if verb == "OPTS":
-        return _choice(rng, ("UTF8 ON", "UTF8 OFF", "MLST size;type;", "MLST " + "x;" * 300,
-                             "HASH SHA-256", "HASH MD5", "MODE Z", ""))
+        return _choice(
+            rng,
+            (
+                "UTF8 ON",
+                "UTF8 OFF",
+                "MLST size;type;",
+                "MLST " + "x;" * 300,
+                "HASH SHA-256",
+                "HASH MD5",
+                "MODE Z",
+                "",
+            ),
+        )
     if verb == "MFMT":
-        stamp = _choice(rng, ("20200101000000", "99999999999999", "2020010100000", "20201301000000",
-                              "-1", "20200101000000.123"))
+        stamp = _choice(
+            rng,
+            (
+                "20200101000000",
+                "99999999999999",
+                "2020010100000",
+                "20201301000000",
+                "-1",
+                "20200101000000.123",
+            ),
+        )
         return f"{stamp} {hostile_path(rng)}"
     if verb in ("HELP", "SITE"):
         return _choice(rng, tuple(VERBS)) + _choice(rng, ("", " x", "\x00", "ZZZZ"))
@@ -118,8 +218,22 @@ def argument_for(rng: random.Random, verb: str, sink: tuple[str, int]) -> str | 
     if verb == "EPSV":
         return _choice(rng, ("1", "2", "3", "ALL", "all", "-1", "1 2"))
     if verb == "USER":
-        return _choice(rng, ("alice", "root", "anonymous", "a" * 65, ".hidden", "a/b", "a\x00b",
-                             "nobody-here", "ALICE", "alice ", "\u00e9"))
+        return _choice(
+            rng,
+            (
+                "alice",
+                "root",
+                "anonymous",
+                "a" * 65,
+                ".hidden",
+                "a/b",
+                "a\x00b",
+                "nobody-here",
+                "ALICE",
+                "alice ",
+                "\u00e9",
+            ),
+        )
     if verb == "STAT" and rng.random() < 0.5:
         return "-la " + hostile_path(rng)
     return hostile_path(rng)
@@ -143,8 +257,16 @@ def _random_verb_line(rng: random.Random) -> bytes:
     return letters + b" " + bytes(rng.randrange(32, 127) for _ in range(rng.randint(0, 40)))
 
 
-_BAD_UTF8 = (b"\xc3\x28", b"\xa0\xa1", b"\xe2\x28\xa1", b"\xf0\x28\x8c\x28", b"\xc0\xaf",
-             b"\xed\xa0\x80", b"\xff\xfe", b"\xf8\x88\x80\x80\x80")
+_BAD_UTF8 = (
+    b"\xc3\x28",
+    b"\xa0\xa1",
+    b"\xe2\x28\xa1",
+    b"\xf0\x28\x8c\x28",
+    b"\xc0\xaf",
+    b"\xed\xa0\x80",
+    b"\xff\xfe",
+    b"\xf8\x88\x80\x80\x80",
+)
 
 
 def _invalid_utf8(rng: random.Random) -> bytes:
@@ -154,10 +276,19 @@ def _invalid_utf8(rng: random.Random) -> bytes:
 
 
 def _telnet(rng: random.Random) -> bytes:
-    return _choice(rng, (
-        "\xff\xf4\xff\xf2ABOR", "\xff\xfb\x01NOOP", "\xff\xff\xffNOOP", "NOOP\xff",
-        "\xff\xfd", "\xff", "\xff\xfa\x18\x00\xff\xf0STAT", "\xff\xf1\xff\xf1NOOP",
-    )).encode("latin-1")
+    return _choice(
+        rng,
+        (
+            "\xff\xf4\xff\xf2ABOR",
+            "\xff\xfb\x01NOOP",
+            "\xff\xff\xffNOOP",
+            "NOOP\xff",
+            "\xff\xfd",
+            "\xff",
+            "\xff\xfa\x18\x00\xff\xf0STAT",
+            "\xff\xf1\xff\xf1NOOP",
+        ),
+    ).encode("latin-1")
 
 
 def _line_end(rng: random.Random) -> bytes:
@@ -202,11 +333,26 @@ def record(content_type: int, payload: bytes, version: bytes = b"\x03\x03") -> b
 
 def tls_payload(rng: random.Random, hello: bytes) -> tuple[str, bytes]:
     """(kind, bytes) of one malformed TLS opening, built from a real ClientHello `hello`."""
-    kind = _choice(rng, (
-        "truncated", "bit flips", "random type", "length lies", "sslv2 hello", "fragmented",
-        "alert first", "ccs first", "heartbeat", "garbage after hello", "zero length",
-        "huge handshake length", "random bytes", "hello twice", "wrong version",
-    ))
+    kind = _choice(
+        rng,
+        (
+            "truncated",
+            "bit flips",
+            "random type",
+            "length lies",
+            "sslv2 hello",
+            "fragmented",
+            "alert first",
+            "ccs first",
+            "heartbeat",
+            "garbage after hello",
+            "zero length",
+            "huge handshake length",
+            "random bytes",
+            "hello twice",
+            "wrong version",
+        ),
+    )
     if kind == "truncated":
         return kind, hello[: rng.randrange(1, len(hello))]
     if kind == "bit flips":

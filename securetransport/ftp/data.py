@@ -602,4 +602,3 @@ class FileReceiver:
         if self.error is None:
             self.error = failure
             self.connection.abort()
-

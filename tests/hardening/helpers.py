@@ -79,7 +79,6 @@ class Session(Control):
         return [first, self.read_reply()]
 
 
-
 def tree_snapshot(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, tuple[str, int, str]]:
     """Every entry below `root` (symlinks not followed): kind, size and content SHA-256."""
     out: dict[str, tuple[str, int, str]] = {}

@@ -26,8 +26,15 @@ from tests.hardening.helpers import HOST, Session, code, tree_snapshot
 
 SECRET = b"S3CRET-outside-the-home " * 300 + b"1234567"  # 7207 bytes
 BOBS = b"bob's own file " * 400  # 6000 bytes
-LEAK_MARKERS = (b"S3CRET", b"bob's own", b"root:x:0:0", b"secret.txt", b"bobfile.txt",
-                b"users.sqlite3", b"passwd")
+LEAK_MARKERS = (
+    b"S3CRET",
+    b"bob's own",
+    b"root:x:0:0",
+    b"secret.txt",
+    b"bobfile.txt",
+    b"users.sqlite3",
+    b"passwd",
+)
 REPLY_LINE = re.compile(r"^\d{3}[ -]")
 
 
@@ -197,15 +204,32 @@ class PathEscapeTests(TestCase):
         self.assertEqual(leaks, [])
         # Every reply stayed well formed (no desync of the control connection).
         for verb, path, result in seen:
-            replies = result[1] if isinstance(result, tuple) else (
-                result if isinstance(result, list) else [result])
+            replies = (
+                result[1]
+                if isinstance(result, tuple)
+                else (result if isinstance(result, list) else [result])
+            )
             for reply in replies:
                 self.assertTrue(REPLY_LINE.match(reply), (verb, path[:60], reply))
         stored = sum(1 for verb, _, result in seen if verb == "STOR" and code(result[-1]) == "226")
-        refused = sum(1 for _, _, result in seen if code(str(result[-1] if isinstance(
-            result, list) else result[1][-1] if isinstance(result, tuple) else result)) >= "500")
-        print(f"\npath escapes: {len(seen)} commands on {len(read_only_escapes(self.server.root))}"
-              f" paths, {refused} refused, {stored} uploads stored (inside the home), no leak")
+        refused = sum(
+            1
+            for _, _, result in seen
+            if code(
+                str(
+                    result[-1]
+                    if isinstance(result, list)
+                    else result[1][-1]
+                    if isinstance(result, tuple)
+                    else result
+                )
+            )
+            >= "500"
+        )
+        print(
+            f"\npath escapes: {len(seen)} commands on {len(read_only_escapes(self.server.root))}"
+            f" paths, {refused} refused, {stored} uploads stored (inside the home), no leak"
+        )
 
 
 class ReplyInjectionTests(TestCase):
@@ -226,7 +250,7 @@ class ReplyInjectionTests(TestCase):
             "STOR a\r226 Transfer complete",
             "APPE a\r226 x",
             "STOU a\rb",
-            "MKD d\r257 \"/etc\" created",
+            'MKD d\r257 "/etc" created',
             "MKD nul\x00byte",
             "RNTO r\r250 ok",
             "RNTO nul\x00",
@@ -433,13 +457,14 @@ class BruteForceTests(TestCase):
         replies = yield defer.gatherResults([in_thread(guess, i) for i in range(sessions)])
         verified = self.failures()
         late = yield in_thread(guess, 99)
-        print(f"\nparallel brute force: {sessions} sessions at once from one address, "
-              f"{verified} passwords checked before the ban (max_login_failures = 5); "
-              f"replies {sorted(code(r) for r in replies)}")
+        print(
+            f"\nparallel brute force: {sessions} sessions at once from one address, "
+            f"{verified} passwords checked before the ban (max_login_failures = 5); "
+            f"replies {sorted(code(r) for r in replies)}"
+        )
         self.assertEqual(code(late), "421")
         self.assertGreaterEqual(verified, 5)
         self.assertLessEqual(verified, sessions)
-
 
     @defer.inlineCallbacks
     def test_a_right_password_checked_after_the_ban_does_not_log_in(self) -> Any:
@@ -540,10 +565,12 @@ class EnumerationTests(TestCase):
         }
         for kind, values in medians.items():
             known = values["known"]
-            print(f"\nenumeration timing, {kind.upper()} median of 15 (ms): "
-                  + ", ".join(f"{label} {value:.2f}" for label, value in values.items())
-                  + f"; unknown-known {values['unknown'] - known:+.2f}, "
-                  f"disabled-known {values['disabled'] - known:+.2f}")
+            print(
+                f"\nenumeration timing, {kind.upper()} median of 15 (ms): "
+                + ", ".join(f"{label} {value:.2f}" for label, value in values.items())
+                + f"; unknown-known {values['unknown'] - known:+.2f}, "
+                f"disabled-known {values['disabled'] - known:+.2f}"
+            )
             for label in ("unknown", "disabled"):
                 self.assertLess(abs(values[label] - known), 100, medians)  # a sanity bound only
 
@@ -635,12 +662,34 @@ SPEC_COMMANDS = (
 ).split()
 BEFORE_LOGIN = "USER PASS ACCT AUTH PBSZ PROT CCC FEAT OPTS HELP SYST NOOP STAT CLNT REIN QUIT"
 ARGUMENTS = {
-    "SITE": "HELP", "CWD": "/", "MKD": "d", "XMKD": "d", "RMD": "d", "XRMD": "d",
-    "DELE": "f", "RNFR": "f", "RNTO": "g", "SIZE": "f", "MDTM": "f",
-    "MFMT": "20200101000000 f", "RETR": "f", "STOR": "f", "APPE": "f", "REST": "0",
-    "TYPE": "I", "MODE": "S", "STRU": "F", "PORT": "127,0,0,1,200,10",
-    "EPRT": "|1|127.0.0.1|51210|", "HASH": "f", "USER": "alice", "OPTS": "UTF8 ON",
-    "CLNT": "probe", "AUTH": "BOGUS", "PBSZ": "0", "PROT": "P",
+    "SITE": "HELP",
+    "CWD": "/",
+    "MKD": "d",
+    "XMKD": "d",
+    "RMD": "d",
+    "XRMD": "d",
+    "DELE": "f",
+    "RNFR": "f",
+    "RNTO": "g",
+    "SIZE": "f",
+    "MDTM": "f",
+    "MFMT": "20200101000000 f",
+    "RETR": "f",
+    "STOR": "f",
+    "APPE": "f",
+    "REST": "0",
+    "TYPE": "I",
+    "MODE": "S",
+    "STRU": "F",
+    "PORT": "127,0,0,1,200,10",
+    "EPRT": "|1|127.0.0.1|51210|",
+    "HASH": "f",
+    "USER": "alice",
+    "OPTS": "UTF8 ON",
+    "CLNT": "probe",
+    "AUTH": "BOGUS",
+    "PBSZ": "0",
+    "PROT": "P",
 }
 
 

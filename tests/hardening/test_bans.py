@@ -185,8 +185,10 @@ class DelayTests(TestCase):
         t1, t2, t3 = (elapsed for _, elapsed in out["alice"])
         work = max(0.0, t1 - self.BASE)  # the password check itself, the same every time
         ratios = [round((t - work) / self.BASE, 2) for t in (t1, t2, t3)]
-        print(f"\nper-name delay ratios (expected 1, 2, 4): {ratios}; "
-              f"password check {work * 1000:.0f} ms")
+        print(
+            f"\nper-name delay ratios (expected 1, 2, 4): {ratios}; "
+            f"password check {work * 1000:.0f} ms"
+        )
         self.assertLess(abs(t2 - t1 - self.BASE), 0.15, out)
         self.assertLess(abs(t3 - t2 - 2 * self.BASE), 0.2, out)
         other_reply, other_elapsed = out["other_name"]

@@ -52,8 +52,14 @@ class KilledClientTests(TestCase):
     def kill_during_upload(self, mode: str) -> dict[str, Any]:
         port = self.server.implicit_port if mode == "implicit" else self.server.explicit_port
         child = subprocess.Popen(
-            [sys.executable, "-m", "tests.hardening.killed_client", str(port), mode,
-             str(self.server.pki)],
+            [
+                sys.executable,
+                "-m",
+                "tests.hardening.killed_client",
+                str(port),
+                mode,
+                str(self.server.pki),
+            ],
             cwd=PROJECT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -122,8 +128,19 @@ class HomeRemovedTests(TestCase):
             session.command("CWD sub")
             shutil.rmtree(home)
             out: dict[str, Any] = {}
-            for line in ("SIZE /a.txt", "MDTM /a.txt", "MLST /", "CWD /", "CDUP", "MKD /d",
-                         "RMD /d", "DELE /a.txt", "RNFR /a.txt", "HASH /a.txt", "STAT /"):
+            for line in (
+                "SIZE /a.txt",
+                "MDTM /a.txt",
+                "MLST /",
+                "CWD /",
+                "CDUP",
+                "MKD /d",
+                "RMD /d",
+                "DELE /a.txt",
+                "RNFR /a.txt",
+                "HASH /a.txt",
+                "STAT /",
+            ):
                 out[line] = session.command(line)
             out["PWD"] = session.command("PWD")
             out["RETR"] = session.retr("RETR /a.txt")[1]
@@ -138,8 +155,19 @@ class HomeRemovedTests(TestCase):
             return out
 
         out = yield in_thread(run)
-        for line in ("SIZE /a.txt", "MDTM /a.txt", "MLST /", "CWD /", "CDUP", "MKD /d",
-                     "RMD /d", "DELE /a.txt", "RNFR /a.txt", "HASH /a.txt", "STAT /"):
+        for line in (
+            "SIZE /a.txt",
+            "MDTM /a.txt",
+            "MLST /",
+            "CWD /",
+            "CDUP",
+            "MKD /d",
+            "RMD /d",
+            "DELE /a.txt",
+            "RNFR /a.txt",
+            "HASH /a.txt",
+            "STAT /",
+        ):
             self.assertEqual(code(out[line]), "550", (line, out[line]))
         self.assertEqual(code(out["PWD"]), "257", out)
         self.assertEqual([code(r) for r in out["RETR"]], ["550"], out)
@@ -327,8 +355,11 @@ class KilledServerTests(SubprocessServerTest):
         data.sendall(os.urandom(3 * 1024 * 1024))  # the server writes 1 MiB pieces
 
         def partial() -> bool:
-            return any((home / name).stat().st_size > 0 for name in temporaries(home)
-                       if (home / name).exists())
+            return any(
+                (home / name).stat().st_size > 0
+                for name in temporaries(home)
+                if (home / name).exists()
+            )
 
         written = wait_for(partial, 5)
         status = self.server.kill(signal.SIGKILL)

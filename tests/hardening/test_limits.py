@@ -196,8 +196,10 @@ class LoginTimeoutTests(TestCase):
         elif name == "implicit, half a ClientHello":
             sock.sendall(client_hello()[:60])
         elif name == "implicit, handshake done, no login":
-            control = Control(0, sock=client_context(self.server.pki).wrap_socket(
-                sock, server_hostname="localhost"))
+            control = Control(
+                0,
+                sock=client_context(self.server.pki).wrap_socket(sock, server_hostname="localhost"),
+            )
             reply = ""
             try:
                 reply = control.read_reply()
@@ -524,8 +526,10 @@ class VerificationPoolTests(TestCase):
 
         replies = yield in_thread(flood)
         codes = sorted(code(r) for r in replies)
-        print(f"\npassword pool of {capacity}: {count} PASS at once -> "
-              f"{codes.count('530')} x 530, {codes.count('421')} x 421")
+        print(
+            f"\npassword pool of {capacity}: {count} PASS at once -> "
+            f"{codes.count('530')} x 530, {codes.count('421')} x 421"
+        )
         self.assertEqual(set(codes) - {"530", "421"}, set(), replies)
         self.assertGreaterEqual(codes.count("421"), 1, replies)
         self.assertGreaterEqual(codes.count("530"), capacity, replies)
