@@ -246,12 +246,13 @@ class FTPRealm:
             return fail(UnauthorizedLogin("Login incorrect"))
 
         def build(account: Account | None) -> tuple[Any, FTPAvatar, Callable[[], None]]:
+            # In the store's thread: the filesystem factory makes the home folder if missing.
             if account is None or not account.enabled:
                 raise UnauthorizedLogin("Login incorrect")
             avatar = FTPAvatar(account, self._filesystem_factory(account))
             return (IFTPAvatar, avatar, _logout)
 
-        return self._store.get(name).addCallback(build)
+        return self._store.with_account(name, build)
 
 
 def _logout() -> None:

@@ -391,6 +391,10 @@ class AsyncUserStore:
     def get(self, name: str) -> Deferred[Account | None]:
         return self._run(self.store.get, name)
 
+    def with_account(self, name: str, fn: Callable[[Account | None], _T]) -> Deferred[_T]:
+        """Read the account and call `fn` with it, both in the pool (fn may touch the disk)."""
+        return self._run(lambda: fn(self.store.get(name)))
+
     def pinned_by_enabled_account(self, fingerprint: str | None) -> Deferred[bool]:
         return self._run(pinned_by_enabled_account, self.store, fingerprint)
 
