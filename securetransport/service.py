@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = Logger(namespace="securetransport.service")
 
 RELOAD_CHECK_SECONDS = 30.0
+CRL_WARNING_EVERY = 720  # checks: every 6 hours
 ACCOUNT_CHECK_SECONDS = 15.0
 
 
@@ -102,6 +103,7 @@ class SecureTransportService(MultiService):
         self._pools: list[Any] = []
         self._store: Any = None
         self._watch: LoopingCall | None = None
+        self._checks = 0
         self._factories: list[FTPFactory] = []
         self._account_watch: LoopingCall | None = None
         self._stamps: tuple[tuple[str, float, int], ...] = ()
@@ -223,6 +225,23 @@ class SecureTransportService(MultiService):
             self._stamps = stamps
             log.info("a [tls] file changed on disk; reloading")
             self.reload()
+        self._checks += 1
+        if self._checks % CRL_WARNING_EVERY == 0:
+            self.warn_about_crls()
+
+    def warn_about_crls(self) -> list[str]:
+        """Log CRLs within 7 days of their next update (or past it); also done at each load."""
+        from datetime import UTC, datetime
+
+        from securetransport.tls.verify import crl_warnings
+
+        runtime = self.runtime
+        if runtime is None or runtime.tls is None:
+            return []
+        warnings = crl_warnings(runtime.tls.trust, datetime.now(UTC))
+        for warning in warnings:
+            log.warn("{text}", text=warning)
+        return warnings
 
     def _listen(self, listen: Any, fd: int | None = None) -> IListeningPort:
         """Listen as `listen` says, or adopt `fd`, a socket the supervisor bound that way."""

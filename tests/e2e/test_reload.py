@@ -68,3 +68,24 @@ class ReloadTests(TestCase):
         after = yield in_thread(served_certificate, port, implicit=True)
         self.assertEqual(after, before)
         self.flushLoggedErrors()
+
+
+class CRLWarningTests(TestCase):
+    timeout = 60
+
+    def test_a_crl_near_its_next_update_is_warned_about_on_a_timer(self) -> None:
+        from datetime import UTC, datetime, timedelta
+
+        from tests.e2e.access_helpers import CertFactory
+
+        server = LiveServer(self, crl=("ca.crl",))
+        certs = CertFactory(server, Path(self.mktemp()).absolute())
+        certs.crl(server.root / "ca.crl", [], next_update=datetime.now(UTC) + timedelta(days=3))
+        server.start()
+        warnings = server.service.warn_about_crls()
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("ca.crl", warnings[0])
+        # A fresh CRL (next update in 8 days) gives none.
+        certs.crl(server.root / "ca.crl", [], number=2)
+        server.service.reload()
+        self.assertEqual(server.service.warn_about_crls(), [])
