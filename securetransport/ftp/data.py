@@ -35,12 +35,23 @@ RECEIVE_BUFFER_LIMIT = 1024 * 1024
 SOCKET_BUFFER = 1024 * 1024  # bytes per recv() and before a producer is paused (Twisted: 64 KiB)
 
 
-def tune_data_transport(transport: Any) -> None:
-    """Large reads and writes on the TCP transport under a data connection."""
+def socket_transport(transport: Any) -> Any:
+    """The TCP transport under any wrappers (TLS, policies), or None."""
     while transport is not None and getattr(transport, "socket", None) is None:
         transport = getattr(transport, "transport", None)
-    if transport is not None:
-        transport.bufferSize = SOCKET_BUFFER
+    return transport
+
+
+def raw_socket(transport: Any) -> Any:
+    """The socket under a transport and its wrappers, or None."""
+    return getattr(socket_transport(transport), "socket", None)
+
+
+def tune_data_transport(transport: Any) -> None:
+    """Large reads and writes on the TCP transport under a data connection."""
+    tcp = socket_transport(transport)
+    if tcp is not None:
+        tcp.bufferSize = SOCKET_BUFFER
 
 
 class DataError(Exception):
@@ -434,13 +445,6 @@ class DataChannel:
         if self.connection is not None:
             self.connection.abort()
         self.active_target = None
-
-
-def raw_socket(transport: Any) -> Any:
-    """The socket under a clear data connection's transport, or None."""
-    while transport is not None and getattr(transport, "socket", None) is None:
-        transport = getattr(transport, "transport", None)
-    return getattr(transport, "socket", None)
 
 
 class SendfileSender:

@@ -12,6 +12,7 @@ import re
 import stat as statmodule
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from securetransport.vfs import FileStat
 
@@ -157,26 +158,12 @@ def format_mlsx_facts(
     return "".join(values) + " " + _safe(entry.name if name is None else name)
 
 
-def format_mlst_reply_line(
-    entry: FileStat,
-    facts: Sequence[str],
-    *,
-    is_cwd: bool = False,
-    is_parent: bool = False,
-    writable: bool = True,
-    unique: str | None = None,
-    name: str | None = None,
-) -> str:
-    """The entry line inside MLST's 250- multi-line reply: a space, then the facts line."""
-    return " " + format_mlsx_facts(
-        entry,
-        facts,
-        is_cwd=is_cwd,
-        is_parent=is_parent,
-        writable=writable,
-        unique=unique,
-        name=name,
-    )
+def format_mlst_reply_line(entry: FileStat, facts: Sequence[str], **options: Any) -> str:
+    """The entry line inside MLST's 250- multi-line reply: a space, then the facts line.
+
+    `options` are those of format_mlsx_facts.
+    """
+    return " " + format_mlsx_facts(entry, facts, **options)
 
 
 def parse_opts_mlst(argument: str) -> tuple[str, ...]:

@@ -36,6 +36,7 @@ from securetransport.ftp.data import (
     FileReceiver,
     FileSender,
     SendfileSender,
+    raw_socket,
 )
 from securetransport.ftp.passive import NoPassivePort
 from securetransport.ftp.sniff import describe_first_bytes
@@ -103,7 +104,6 @@ class FTPSession(Protocol):
         "klass",
         "lines",
         "local_host",
-        "login_method",
         "logout",
         "mlst_facts",
         "pbsz",
@@ -152,7 +152,6 @@ class FTPSession(Protocol):
         self.avatar: Any = None
         self.logout: Callable[[], None] | None = None
         self.klass: ClassConfig | None = None
-        self.login_method: str | None = None
         self.commands_before_login = 0
         self.failed_logins = 0
         self.data_tls_refusals = 0
@@ -218,10 +217,7 @@ class FTPSession(Protocol):
 
     def _set_nodelay(self) -> None:
         """TCP_NODELAY (no Nagle stalls), and SO_OOBINLINE so an urgent ABOR stays in the stream."""
-        transport: Any = self.transport
-        while transport is not None and getattr(transport, "socket", None) is None:
-            transport = getattr(transport, "transport", None)
-        sock = getattr(transport, "socket", None)
+        sock = raw_socket(self.transport)
         if sock is None:
             return
         try:
@@ -657,7 +653,6 @@ class FTPSession(Protocol):
         self.logout = logout
         self.username = name
         self.klass = decision.klass
-        self.login_method = method
         self.fs = avatar.filesystem
         self.cwd = "/"
         if self._login_timer is not None and self._login_timer.active():
@@ -722,8 +717,7 @@ class FTPSession(Protocol):
         self._send(Reply.SUPERFLUOUS, "ACCT not needed")
 
     def ftp_REIN(self, argument: str) -> None:
-        if self.transfer is not None:
-            self._abort_transfer()
+        # Never during a transfer: REIN waits in the queue until the transfer has ended.
         if self.data is not None:
             self.data.close()
             self.data = None
@@ -1048,16 +1042,14 @@ class FTPSession(Protocol):
         if not self.prot_private:
             return None
         from securetransport.tls.context import connection_creator, handshake_info
-        from securetransport.tls.reuse import check_data_session, session_reused
+        from securetransport.tls.reuse import check_data_session
 
         required = self.klass is None or self.klass.session_reuse == "required"
         control = self.handshake
 
         def check(connection: Any) -> str | None:
             info = handshake_info(connection)
-            problem: str | None = check_data_session(
-                control, info, session_reused(connection), required
-            )
+            problem: str | None = check_data_session(control, info, info.resumed, required)
             self.server.audit.event(
                 "tls",
                 session=self.session_id,
@@ -1111,7 +1103,7 @@ class FTPSession(Protocol):
             return
         if isinstance(mode, int) and mode != addresses.network_protocol(self.local_host):
             self._send(
-                Reply.DATA_TLS_FAILED,
+                Reply.NETWORK_PROTOCOL_NOT_SUPPORTED,
                 "Network protocol not supported, use "
                 f"({addresses.network_protocol(self.local_host)})",
             )
@@ -1408,7 +1400,7 @@ class FTPSession(Protocol):
         self, verb: str, argument: str, *, append: bool = False, unique: bool = False
     ) -> Deferred[Any] | None:
         fs = self._filesystem()
-        path = self._resolve(argument) if argument else self._resolve("upload")
+        path = self._resolve(argument)
         offset, self.rest = self.rest, 0
         protected = self.prot_private
 
@@ -1457,7 +1449,7 @@ class FTPSession(Protocol):
 
     def _listing_lines(self, path: str, verb: str) -> Deferred[list[str]]:
         fs = self._filesystem()
-        now = self.reactor.seconds() if hasattr(self.reactor, "seconds") else time.time()
+        now = time.time()  # calendar time for ls dates ("recent" vs year), not the reactor clock
         writable = not self._read_only()
 
         def render(stats: Any, single: bool) -> list[str]:
@@ -1470,9 +1462,7 @@ class FTPSession(Protocol):
                     listing.format_mlsx_facts(stat, self.mlst_facts, writable=writable)
                     for stat in stats
                 ]
-            return [
-                listing.format_list_line(stat, time.time() if now < 1e9 else now) for stat in stats
-            ]
+            return [listing.format_list_line(stat, now) for stat in stats]
 
         def stat_done(stat: Any) -> Deferred[list[str]] | list[str]:
             if stat.is_dir:
