@@ -57,11 +57,13 @@ MAX_DATA_TLS_REFUSALS = 20  # 522s in a row: lftp retries a 522 in a tight loop
 class _Transfer:
     """The transfer a session is running, for ABOR and STAT."""
 
-    def __init__(self, verb: str, path: str) -> None:
+    def __init__(self, verb: str, path: str, channel: DataChannel) -> None:
         self.verb = verb
         self.path = path
         self.connection: DataConnection | None = None
-        self.channel: DataChannel | None = None
+        self.channel: DataChannel | None = channel
+        # What the data connection really is, whatever PROT says by now.
+        self.protected = channel.tls is not None
         self.aborted = False
         self.stalled = False
         self.watchdog: IDelayedCall | None = None
@@ -1154,7 +1156,10 @@ class FTPSession(Protocol):
         if self.data is None:
             self._send(Reply.CANT_OPEN_DATA, "Use PASV, EPSV, PORT or EPRT first")
             return False
-        if self.klass is not None and self.klass.ssl == "mandatory" and not self.prot_private:
+        # The data set-up's own protection decides (it was fixed at PASV/PORT), not the
+        # PROT level now: PROT C, PASV, PROT P must not open a clear transfer.
+        clear = self.data.tls is None
+        if self.klass is not None and self.klass.ssl == "mandatory" and clear:
             self.data.close()
             self.data = None
             self._send(
@@ -1177,8 +1182,7 @@ class FTPSession(Protocol):
         channel = self.data
         assert channel is not None
         self.data = None
-        transfer = _Transfer(verb, path)
-        transfer.channel = channel
+        transfer = _Transfer(verb, path, channel)
         self.transfer = transfer
         result: Deferred[Any] = Deferred()
 
@@ -1341,7 +1345,7 @@ class FTPSession(Protocol):
             direction=direction,
             result="ok" if ok else "failed",
             reply=int(code),
-            protected=self.prot_private,
+            protected=transfer.protected,
         )
         self.server.xferlog.transfer(
             seconds=seconds,
@@ -1402,7 +1406,6 @@ class FTPSession(Protocol):
         fs = self._filesystem()
         path = self._resolve(argument)
         offset, self.rest = self.rest, 0
-        protected = self.prot_private
 
         def prepare() -> Deferred[Any]:
             return fs.open_upload(path, offset=offset, append=append, unique=unique)
@@ -1419,7 +1422,7 @@ class FTPSession(Protocol):
                 if transfer.aborted:
                     return Reply.TRANSFER_ABORTED, "Transfer aborted"
                 if not clean:
-                    if protected:
+                    if transfer.protected:
                         return (
                             Reply.TRANSFER_ABORTED,
                             "Upload ended without TLS close_notify: "

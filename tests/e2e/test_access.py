@@ -747,6 +747,89 @@ class DataProtectionTests(MatrixTestCase):
         self.assertEqual([code(r) for r in out["after"]], ["200", "226"])
         self.assertFalse((self.server.home() / "new.txt").exists())
 
+    def _clear_channel_then_prot_p(self, command: str) -> dict[str, Any]:
+        """PROT C, PASV (a clear data set-up), PROT P, then connect in clear and transfer."""
+        ftp, _ = open_ftp(self.server, self.certs.existing("alice"))
+        out: dict[str, Any] = {}
+        out["login"] = [step(ftp, line) for line in ("AUTH TLS", "USER alice", "PBSZ 0")]
+        out["prot_c"] = step(ftp, "PROT C")
+        host, data_port = ftplib.parse227(raw(ftp, "PASV"))
+        out["prot_p"] = step(ftp, "PROT P")
+        data = socket.create_connection((host, data_port), timeout=5)
+        data.settimeout(2)
+        out["reply"] = raw(ftp, command)
+        if command.startswith("STOR"):
+            try:
+                data.sendall(b"uploaded in clear\n")
+            except OSError:
+                pass
+        received = b""
+        try:
+            while chunk := data.recv(4096):
+                received += chunk
+        except OSError:
+            pass
+        data.close()
+        out["received"] = received
+        if out["reply"].startswith("150"):
+            out["final"] = str(ftp.getresp())
+        ftp.close()
+        return out
+
+    @defer.inlineCallbacks
+    def test_clear_data_connection_refused_whatever_prot_says_now(self) -> Any:
+        """The real protection of the data connection decides 521, not PROT at the command."""
+        for command in ("RETR file.txt", "LIST", "STOR new.txt"):
+            out = yield in_thread(self._clear_channel_then_prot_p, command)
+            self.assertEqual(code(out["login"][1]), "232", out)
+            self.assertEqual([code(out["prot_c"]), code(out["prot_p"])], ["200", "200"])
+            self.assertEqual(code(out["reply"]), "521", (command, out))
+            self.assertNotIn(b"secret", out["received"], command)
+            self.assertEqual(out["received"], b"", command)
+        self.assertFalse((self.server.home() / "new.txt").exists())
+        transfers = [e for e in self.server.audit_events() if e["event"] == "transfer"]
+        self.assertEqual(transfers, [])
+
+    @defer.inlineCallbacks
+    def test_audit_records_the_real_protection(self) -> Any:
+        """PROT P, PASV (protected set-up), PROT C, RETR: the transfer is protected and
+        logged so; in an optional class PROT C, PASV, PROT P gives a clear transfer, logged
+        as clear."""
+        (self.server.home("o-alice") / "file.txt").write_text("optional")
+
+        def session() -> list[str]:
+            ftp, _ = open_ftp(self.server, self.certs.existing("alice"))
+            replies = [step(ftp, line) for line in ("AUTH TLS", "USER alice", "PBSZ 0")]
+            replies.append(step(ftp, "PROT P"))
+            sink: list[bytes] = []
+            replies.append(str(ftp.retrbinary("RETR file.txt", sink.append)))
+            ftp.close()
+            ftp, _ = open_ftp(self.server, self.certs.existing("o-alice"))
+            replies += [step(ftp, line) for line in ("AUTH TLS", "USER o-alice", "PBSZ 0")]
+            replies.append(step(ftp, "PROT C"))
+            host, port = ftplib.parse227(raw(ftp, "PASV"))
+            replies.append(step(ftp, "PROT P"))
+            data = socket.create_connection((host, port), timeout=5)
+            replies.append(raw(ftp, "RETR file.txt"))
+            received = b""
+            while chunk := data.recv(4096):
+                received += chunk
+            data.close()
+            replies.append(str(ftp.getresp()))
+            replies.append(received.decode())
+            ftp.close()
+            return replies
+
+        replies = yield in_thread(session)
+        self.assertEqual([code(r) for r in replies[:5]], ["234", "232", "200", "200", "226"])
+        self.assertEqual([code(r) for r in replies[5:11]], ["234", "232", "200", "200", "200", "150"])
+        self.assertEqual(code(replies[11]), "226")
+        self.assertEqual(replies[12], "optional")
+        transfers = [e for e in self.server.audit_events() if e["event"] == "transfer"]
+        self.assertEqual(
+            [(e["user"], e["protected"]) for e in transfers], [("alice", True), ("o-alice", False)]
+        )
+
     @defer.inlineCallbacks
     def test_prot_c_allowed_in_optional_class(self) -> Any:
         lines = ["AUTH TLS", "USER o-alice", "PBSZ 0", "PROT C", "LIST"]
