@@ -101,6 +101,7 @@ class FTPSession(Protocol):
         "epsv_all",
         "failed_logins",
         "fs",
+        "output_blocked",
         "handshake",
         "implicit",
         "klass",
@@ -135,6 +136,7 @@ class FTPSession(Protocol):
         # A list, not a deque: it holds a few lines at most and costs 0.6 KiB less a session.
         self.queue: list[bytes | parser.LineTooLong] = []
         self.busy = False
+        self.output_blocked = False  # unsent replies over the transport's buffer size
         self.saw_data = False  # the first bytes decide "TLS ClientHello on an explicit port"
         self.closing = False
         self.peer = "0.0.0.0"
@@ -193,6 +195,9 @@ class FTPSession(Protocol):
             return
         self._counted = True
         self.server.open_sessions.add(self)
+        # The transport pauses us when our unsent replies pass its buffer size (64 KiB):
+        # then no command is served and the connection is not read until it drains.
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._login_timer = self.reactor.callLater(
             self.config.server.login_timeout, self._login_timed_out
         )
@@ -342,8 +347,24 @@ class FTPSession(Protocol):
         for command in urgent:
             self._dispatch(command)
 
+    # IPushProducer: the transport's write buffer tells us when the client stops reading.
+    # Only serving stops here; reading stops once MAX_QUEUED_COMMANDS wait (dataReceived).
+    # Pausing the reads at once would stall a TLS handshake: TLS pauses its producer
+    # while it buffers what was written before the handshake (the implicit greeting).
+    def pauseProducing(self) -> None:
+        self.output_blocked = True
+
+    def resumeProducing(self) -> None:
+        if not self.output_blocked:
+            return
+        self.output_blocked = False
+        self._drain()
+
+    def stopProducing(self) -> None:
+        """The connection is going away: connectionLost does the rest."""
+
     def _drain(self) -> None:
-        while not self.busy and self.queue and not self.closing:
+        while not self.busy and self.queue and not self.closing and not self.output_blocked:
             item = self.queue.pop(0)
             result = self._handle_line(item)
             if isinstance(result, Deferred):
@@ -352,7 +373,12 @@ class FTPSession(Protocol):
                 result.addBoth(self._finished_command)
             else:
                 self._reset_idle_timer()
-        if not self.busy and len(self.queue) <= MAX_QUEUED_COMMANDS and self.transport is not None:
+        if (
+            not self.busy
+            and not self.output_blocked
+            and len(self.queue) <= MAX_QUEUED_COMMANDS
+            and self.transport is not None
+        ):
             self.transport.resumeProducing()  # type: ignore[union-attr,attr-defined]
 
     def _finished_command(self, _: object) -> None:

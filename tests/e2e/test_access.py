@@ -822,7 +822,9 @@ class DataProtectionTests(MatrixTestCase):
 
         replies = yield in_thread(session)
         self.assertEqual([code(r) for r in replies[:5]], ["234", "232", "200", "200", "226"])
-        self.assertEqual([code(r) for r in replies[5:11]], ["234", "232", "200", "200", "200", "150"])
+        self.assertEqual(
+            [code(r) for r in replies[5:11]], ["234", "232", "200", "200", "200", "150"]
+        )
         self.assertEqual(code(replies[11]), "226")
         self.assertEqual(replies[12], "optional")
         transfers = [e for e in self.server.audit_events() if e["event"] == "transfer"]

@@ -333,7 +333,9 @@ class SessionReuseTests(TestCase):
             reply, received = yield in_thread(session)
             self.assertTrue(reply.startswith("226"), (version, reply))
             stored = (server.home() / f"up-{version}.bin").read_bytes()
-            self.assertEqual(hashlib.sha256(stored).hexdigest(), hashlib.sha256(payload).hexdigest())
+            self.assertEqual(
+                hashlib.sha256(stored).hexdigest(), hashlib.sha256(payload).hexdigest()
+            )
             self.assertEqual(received, payload)
         uploads = events(server, "transfer", direction="upload")
         self.assertEqual([(e["result"], e["protected"]) for e in uploads], [("ok", True)] * 2)

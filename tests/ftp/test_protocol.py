@@ -748,6 +748,23 @@ class LoginTests(SessionTestCase):
         self.assertTrue(client.closed)
 
     @inlineCallbacks
+    def test_unsent_replies_stop_reading_and_serving(self) -> Generator[Any, Any, None]:
+        # The transport pauses its producer (the session) when replies pile up unsent.
+        client = self.connect()
+        yield self.login(client)
+        self.assertIs(client.transport.producer, client.session)
+        client.session.pauseProducing()
+        client.send(b"NOOP", b"SYST")
+        self.assertEqual(client.codes(), [])
+        self.assertEqual(client.transport.producerState, "producing")
+        client.send(*[b"NOOP"] * 40)  # more than MAX_QUEUED_COMMANDS wait: stop reading
+        self.assertEqual(client.codes(), [])
+        self.assertEqual(client.transport.producerState, "paused")
+        client.session.resumeProducing()
+        self.assertEqual(client.codes(), [200, 215] + [200] * 40)
+        self.assertEqual(client.transport.producerState, "producing")
+
+    @inlineCallbacks
     def test_unknown_user_replies_like_a_wrong_password(self) -> Generator[Any, Any, None]:
         """An unknown, a disabled and an invalid name get the same replies, texts and
         delays as a known name with a wrong password."""
