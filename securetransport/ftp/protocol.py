@@ -586,7 +586,7 @@ class FTPSession(Protocol):
             lookup = defer.succeed(None)
         fingerprint = getattr(self.certificate, "fingerprint", None)
         if fingerprint:
-            pins: Deferred[Any] = self.server.users.pinned_by_enabled_account(fingerprint)
+            pins: Deferred[Any] = self.server.users.pinned_by_any_account(fingerprint)
         else:
             pins = defer.succeed(False)
         both: Deferred[Any] = defer.gatherResults([lookup, pins], consumeErrors=True)

@@ -543,6 +543,19 @@ class PinnedCertificateTests(MatrixTestCase):
         self.assertNotIn("232", [code(r) for r in trace.received])
 
     @defer.inlineCallbacks
+    def test_self_signed_pinned_on_another_account_is_untrusted_here(self) -> Any:
+        """ "Good" is per account: bob's self-signed pin presented for alice (mandatory)."""
+        bobs = self.certs.self_signed("bob-self", "whatever")
+        pin(self.server, "bob", bobs.fingerprint)
+        replies = yield run(self.server, ["AUTH TLS", "USER alice"], bobs)
+        self.assertEqual(replies[1], rejected("untrusted"))
+        trace = yield curl_dialogue(self.server, "alice", PASSWORD, bobs)
+        self.assertEqual(trace.reply_to("USER"), rejected("untrusted"), trace.stderr[-2000:])
+        self.assertFalse(trace.sent_verb("PASS"))
+        replies = yield run(self.server, ["AUTH TLS", "USER bob"], bobs)
+        self.assertEqual(code(replies[1]), "232")
+
+    @defer.inlineCallbacks
     def test_pinned_certificate_still_needs_valid_dates(self) -> Any:
         expired = self.certs.expired("expired-pinned", "alice")
         pin(self.server, "alice", expired.fingerprint)
@@ -1013,10 +1026,16 @@ class ExplainAgreementTests(MatrixTestCase):
         cn_alice = self.certs.issue("cn-alice", "alice")
         pin(self.server, "bob", cn_alice.fingerprint)
         disable(self.server, "bob")
-        replies = yield run(self.server, ["AUTH TLS", "USER alice"], cn_alice)
-        # Only enabled accounts' pins count (userstore.pinned_by_enabled_account), for the
-        # live server and `policy explain` alike.
+        replies = yield run(self.server, ["AUTH TLS", "USER alice", f"PASS {PASSWORD}"], cn_alice)
+        # A pin on a disabled account still keeps the certificate from naming alice by its
+        # CN (it logs no one in either), for the live server and `policy explain` alike.
+        self.assertEqual([code(r) for r in replies], ["234", "331", "230"])
         self._compare("alice", cn_alice, True, replies[1])
+        # Disabled bob answers as an unknown name does: his pin logs nobody in.
+        replies = yield run(self.server, ["AUTH TLS", "USER bob"], cn_alice)
+        unknown = yield run(self.server, ["AUTH TLS", "USER m-nobody"], cn_alice)
+        self.assertEqual(replies[1], "331 Password required for bob")
+        self.assertEqual(unknown[1], "331 Password required for m-nobody")
 
 
 class BadInputTests(TestCase):
