@@ -442,7 +442,8 @@ class DecideUserTests(SynchronousTestCase):
         args = dict(facts=facts, classes=classes, trust=w.trust,
                     certificate_user="common-name", now=NOW)  # fmt: skip
         for pinned in (True, False):
-            got = decide_user(name="alice", account=ACCOUNTS["alice"], pinned_elsewhere=pinned, **args)  # type: ignore[arg-type]
+            alice = ACCOUNTS["alice"]
+            got = decide_user(name="alice", account=alice, pinned_elsewhere=pinned, **args)  # type: ignore[arg-type]
             self.assertEqual(
                 (got.reply, got.text, got.certificate, got.row),
                 (530, "client certificate rejected: untrusted", "failed", "tls-failed"),
