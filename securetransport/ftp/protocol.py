@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from securetransport.audit import login_name_fields
 from securetransport.client import ClientFacts, normalize_address
 from securetransport.config import ClassConfig
 from securetransport.ftp import addresses, listing, parser
@@ -151,7 +152,8 @@ class FTPSession(Protocol):
         self.pbsz = False
         self.prot_private = False
         # login
-        self.pending_user: tuple[str, Any] | None = None  # (name, UserDecision) after 331
+        # After 331: (name, UserDecision, the audit fields of the name)
+        self.pending_user: tuple[str, Any, dict[str, str | None]] | None = None
         self.username: str | None = None
         self.avatar: Any = None
         self.logout: Callable[[], None] | None = None
@@ -596,6 +598,7 @@ class FTPSession(Protocol):
     def _decide_user(self, account: Any, name: str, pinned: bool = False) -> Deferred[Any] | None:
         from securetransport.policy import decide_user
 
+        logged_name = login_name_fields(name, account is not None)
         if account is not None and not account.enabled:
             account = None
         trust = self.server.tls.trust if self.server.tls is not None else _empty_trust()
@@ -614,7 +617,7 @@ class FTPSession(Protocol):
             "user",
             session=self.session_id,
             client=self.peer,
-            user=name if valid_account_name(name) else None,
+            **logged_name,
             **{"class": getattr(decision.klass, "name", None)},
             matched=decision.matched,
             reply=decision.reply,
@@ -634,9 +637,9 @@ class FTPSession(Protocol):
 
             assert verdict is not None and verdict.fingerprint is not None
             credentials = CertificateLogin(name, verdict.fingerprint)
-            return self._login(credentials, name, decision, "certificate")
+            return self._login(credentials, name, decision, "certificate", logged_name)
         if decision.reply == Reply.NEED_PASSWORD:
-            self.pending_user = (name, decision)
+            self.pending_user = (name, decision, logged_name)
             self._send(Reply.NEED_PASSWORD, decision.text)
             return None
         self._send(Reply.NOT_LOGGED_IN, decision.text)
@@ -649,17 +652,25 @@ class FTPSession(Protocol):
         if self.pending_user is None:
             self._send(Reply.BAD_SEQUENCE, "Login with USER first")
             return None
-        name, decision = self.pending_user
+        name, decision, logged_name = self.pending_user
         self.pending_user = None
         credentials = UsernamePassword(name.encode(), argument.encode())
-        return self._login(credentials, name, decision, decision.method or "password")
+        method = decision.method or "password"
+        return self._login(credentials, name, decision, method, logged_name)
 
-    def _login(self, credentials: Any, name: str, decision: Any, method: str) -> Deferred[Any]:
+    def _login(
+        self,
+        credentials: Any,
+        name: str,
+        decision: Any,
+        method: str,
+        logged_name: dict[str, str | None],
+    ) -> Deferred[Any]:
         from securetransport.auth import IFTPAvatar
 
         d = self.server.portal.login(credentials, None, IFTPAvatar)
         d.addCallback(self._logged_in, name, decision, method)
-        d.addErrback(self._login_failed, name, method)
+        d.addErrback(self._login_failed, name, method, logged_name)
         return d
 
     def _logged_in(
@@ -700,7 +711,9 @@ class FTPSession(Protocol):
         else:
             self._send(Reply.LOGGED_IN, f"User {name} logged in")
 
-    def _login_failed(self, failure: Failure, name: str, method: str) -> Deferred[None] | None:
+    def _login_failed(
+        self, failure: Failure, name: str, method: str, logged_name: dict[str, str | None]
+    ) -> Deferred[None] | None:
         from securetransport.passwords import PoolFull
 
         if failure.check(PoolFull):
@@ -720,7 +733,7 @@ class FTPSession(Protocol):
         self.server.audit.event(
             "login",
             session=self.session_id,
-            user=name,
+            **logged_name,
             method=method,
             result="failure",
             client=self.peer,

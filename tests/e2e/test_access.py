@@ -288,6 +288,37 @@ class TrustedCertificateTests(MatrixTestCase):
         self.assertEqual((logins[-1]["method"], logins[-1]["result"]), ("certificate", "success"))
 
 
+class AuditNameTests(TestCase):
+    """Typed login names reach the audit log only when they are accounts."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_names_that_are_not_accounts_are_not_logged(self) -> Any:
+        server = LiveServer(self, extra_server="max_login_failures = 1000").start()
+        server.runtime.failure_delay_base = 0.001
+        disable(server, "bob")
+        secret = "S3cr3t!pw"
+        for name in (secret, secret, "alice", "bob"):
+            # One optional class for everyone: clear and TLS logins reach the password check.
+            replies = yield run(server, [f"USER {name}", "PASS wrong"])
+            self.assertEqual([code(r) for r in replies], ["331", "530"], (name, replies))
+            replies = yield run(server, ["AUTH TLS", f"USER {name}", "PASS wrong"])
+            self.assertEqual([code(r) for r in replies], ["234", "331", "530"], (name, replies))
+        log = (server.root / "log" / "audit.jsonl").read_text()
+        self.assertNotIn(secret, log)
+        events = [e for e in server.audit_events() if e["event"] in ("user", "login")]
+        by_name = {
+            (e["event"], e["user"], e.get("user_key")) for e in events if e["event"] == "login"
+        }
+        unknown = [e for e in events if e["user"] is None]
+        self.assertEqual(len(unknown), 4 * 2)  # 4 sessions typed it: USER and PASS events
+        self.assertEqual(len({e["user_key"] for e in unknown}), 1, unknown)  # grouped
+        self.assertEqual(len(unknown[0]["user_key"]), 16)
+        self.assertIn(("login", "alice", None), by_name)
+        self.assertIn(("login", "bob", None), by_name)  # disabled, still an account
+
+
 class FailedCertificateTests(TestCase):
     """Row "TLS, failed, mandatory" (530 with the reason) and, in an optional class, the
     password fallback (the failed certificate is ignored)."""
