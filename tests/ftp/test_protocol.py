@@ -39,6 +39,7 @@ from securetransport.audit import AuditLog, XferLog
 from securetransport.auth import make_portal
 from securetransport.config import ClassConfig, Config, PassiveConfig, ServerConfig, TLSConfig
 from securetransport.ftp.commands import COMMANDS
+from securetransport.ftp.state import Phase
 from securetransport.ftp.passive import PassivePortProvider
 from securetransport.ftp.protocol import FTPFactory, FTPSession
 from securetransport.limits import LoginGuard, SessionCounter
@@ -336,7 +337,8 @@ class BeforeLoginTests(SessionTestCase):
         self.assertEqual(self.audit.count("session-end"), 1)
 
     def test_command_table_matches_spec(self) -> None:
-        allowed = {verb for verb, spec in COMMANDS.items() if spec.before_login}
+        before = {Phase.CONNECTED, Phase.AWAITING_PASS}
+        allowed = {verb for verb, spec in COMMANDS.items() if spec.phases & before}
         self.assertEqual(allowed, set(BEFORE_LOGIN))
 
     @inlineCallbacks
@@ -1233,7 +1235,7 @@ class TLSTests(SessionTestCase):
             self.assertEqual(client.transport.written_at_tls, len(client.transport.value()))
             self.assertEqual(len(client.session.queue), 0)
             self.assertEqual(client.session.lines.pending, 0)
-            self.assertIsNone(client.session.pending_user)
+            self.assertIsNone(client.session.session.state.pending)
 
     def test_auth_tls_drops_a_partial_line(self) -> None:
         client = self.connect()
@@ -1250,7 +1252,7 @@ class TLSTests(SessionTestCase):
         yield self.idle(client)
         self.assertEqual(client.codes(), [331, 234])
         self.assertEqual(self.audit.count("login"), 0)
-        self.assertIsNone(client.session.pending_user)
+        self.assertIsNone(client.session.session.state.pending)
 
     @inlineCallbacks
     def test_auth_drops_a_pending_user(self) -> Generator[Any, Any, None]:
