@@ -39,9 +39,9 @@ from securetransport.audit import AuditLog, XferLog
 from securetransport.auth import make_portal
 from securetransport.config import ClassConfig, Config, PassiveConfig, ServerConfig, TLSConfig
 from securetransport.ftp.commands import COMMANDS
-from securetransport.ftp.state import Phase
 from securetransport.ftp.passive import PassivePortProvider
 from securetransport.ftp.protocol import FTPFactory, FTPSession
+from securetransport.ftp.state import Phase
 from securetransport.limits import LoginGuard, SessionCounter
 from securetransport.passwords import VerificationPool, hash_password
 from securetransport.pki import init_pki
