@@ -152,7 +152,9 @@ class SecureTransportService(MultiService):
             portal=portal,
             users=users,
             passive=PassivePortProvider(
-                self.reactor, *(worker.passive_ports if worker else config.passive.ports)
+                self.reactor,
+                *(worker.passive_ports if worker else config.passive.ports),
+                wrap=self._behind_proxy,
             ),
             audit=worker.audit_log(server.audit_log) if worker else AuditLog(server.audit_log),
             xferlog=XferLog(server.xferlog),
@@ -264,6 +266,7 @@ class SecureTransportService(MultiService):
             )
         else:
             factory = ftp_factory
+        factory = self._behind_proxy(factory)
         port: IListeningPort
         if self.worker is None or fd is None:
             port = self.reactor.listenTCP(listen.port, factory, interface=listen.address)
@@ -276,6 +279,12 @@ class SecureTransportService(MultiService):
             port=port.getHost().port,  # type: ignore[attr-defined]
         )
         return port
+
+    def _behind_proxy(self, factory: Any) -> Any:
+        """The factory behind the `[proxy]` header reader, when configured (SPEC section 10)."""
+        from securetransport.proxy import wrap_factory
+
+        return wrap_factory(factory, self.config.proxy, self.reactor)
 
     def reload(self) -> None:
         """SIGHUP: reopen the logs and reload the [tls] files; keep the last good ones on error."""
