@@ -31,6 +31,8 @@ log = Logger(namespace="securetransport.service")
 RELOAD_CHECK_SECONDS = 30.0
 CRL_WARNING_EVERY = 720  # checks: every 6 hours
 ACCOUNT_CHECK_SECONDS = 15.0
+DRAIN_POLL_SECONDS = 0.1
+DRAIN_CLOSE_SECONDS = 5.0  # after the grace, for ended sessions to close
 
 
 def load_tls(config: Config, previous: TLSRuntime | None = None) -> TLSRuntime | None:
@@ -280,6 +282,39 @@ class SecureTransportService(MultiService):
         )
         return port
 
+    def drain(self, runtime: ServerRuntime, grace: float) -> defer.Deferred[None]:
+        """End idle sessions now (421) and the others when their transfer ends, or at `grace`.
+
+        The listeners are closed first and no passive port opens while draining, so a
+        session takes no new transfer; after `grace` seconds what is left is ended as
+        section 6 says (an interrupted upload is not published).
+        """
+        done: defer.Deferred[None] = defer.Deferred()
+        deadline = self.reactor.seconds() + grace
+
+        def step() -> None:
+            now = self.reactor.seconds()
+            for session in list(runtime.open_sessions):
+                if now >= deadline or getattr(session, "transfer", None) is None:
+                    session.shutdown()
+            # Done when every session has closed (its interrupted upload, if any, is being
+            # removed in the files pool, which finishes its queue when it stops).
+            if not runtime.open_sessions or now >= deadline + DRAIN_CLOSE_SECONDS:
+                if poll.running:
+                    poll.stop()
+                done.callback(None)
+
+        poll = LoopingCall(step)
+        poll.clock = self.reactor
+        if runtime.open_sessions:
+            log.info(
+                "draining: {count} sessions, up to {grace} s",
+                count=len(runtime.open_sessions),
+                grace=grace,
+            )
+        poll.start(DRAIN_POLL_SECONDS, now=True)
+        return done
+
     def _behind_proxy(self, factory: Any) -> Any:
         """The factory behind the `[proxy]` header reader, when configured (SPEC section 10)."""
         from securetransport.proxy import wrap_factory
@@ -310,10 +345,11 @@ class SecureTransportService(MultiService):
         runtime = self.runtime
         waits = [defer.maybeDeferred(port.stopListening) for port in self.ports]
         self.ports = []
+        d: defer.Deferred[Any] = defer.DeferredList(waits)
         if runtime is not None:
-            for session in list(runtime.open_sessions):
-                session.shutdown()
-        d = defer.DeferredList(waits)
+            runtime.draining = True
+            runtime.passive.closed = True
+            d.addCallback(lambda _: self.drain(runtime, self.config.server.shutdown_grace))
 
         def stop_pools(_: object) -> None:
             for pool in self._pools:

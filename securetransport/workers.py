@@ -526,7 +526,10 @@ class WorkerSupervisor(MultiService):
                 log.warn("worker {index} did not stop; killing it", index=process.index)
                 self._signal(process, "KILL")
 
-        killer = self.reactor.callLater(STOP_SECONDS, kill_the_rest)
+        # Workers drain for up to server.shutdown_grace seconds before they stop.
+        killer = self.reactor.callLater(
+            STOP_SECONDS + self.config.server.shutdown_grace, kill_the_rest
+        )
         done = defer.DeferredList([process.ended for process in processes])
 
         def cleanup(_: object) -> None:

@@ -33,12 +33,15 @@ class PassivePortProvider:
         """`wrap`: applied to each listener's factory (the `[proxy]` header reader)."""
         self.reactor = reactor
         self.wrap = wrap
+        self.closed = False  # draining (SIGTERM): no new passive listener
         self.first = first
         self.last = last
         self.attempts = attempts
         self._random = random.SystemRandom()
 
     def listen(self, factory: Factory, interface: str) -> IListeningPort:
+        if self.closed:
+            raise NoPassivePort("the server is shutting down")
         if self.wrap is not None:
             factory = self.wrap(factory)
         size = self.last - self.first + 1
