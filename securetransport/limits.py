@@ -71,6 +71,10 @@ class LoginGuard:
             return True
         return False
 
+    def active_bans(self, now: float) -> int:
+        """Addresses banned at `now` (the metrics' `bans_active`)."""
+        return sum(1 for until in self._banned_until.values() if until > now)
+
     def _recent(self, table: dict[str, deque[float]], key: str, now: float) -> deque[float]:
         entries = table.setdefault(key, deque())
         while entries and entries[0] <= now - self.window:

@@ -109,6 +109,10 @@ class SecureTransportService(MultiService):
         self._factories: list[FTPFactory] = []
         self._account_watch: LoopingCall | None = None
         self._stamps: tuple[tuple[str, float, int], ...] = ()
+        self._verification: Any = None
+        self.metrics: Any = None  # securetransport.metrics.Metrics when [metrics] is set
+        self.metrics_port: IListeningPort | None = None
+        self._metrics_refresh: LoopingCall | None = None
 
     def build_runtime(self) -> ServerRuntime:
         from securetransport.auth import make_portal
@@ -133,6 +137,7 @@ class SecureTransportService(MultiService):
         verification = VerificationPool(self.reactor)
         verification.start()
         self._pools.append(verification)
+        self._verification = verification
         self._store = open_user_store(server.users)
         users = AsyncUserStore(self._store, database, self.reactor)
 
@@ -177,6 +182,7 @@ class SecureTransportService(MultiService):
         in startService, as the unprivileged user, so the files it creates are its own.
         """
         super().privilegedStartService()
+        preload_modules(self.config)
         self._bind()
 
     def _bind(self) -> None:
@@ -196,6 +202,8 @@ class SecureTransportService(MultiService):
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         except ValueError:  # not the main thread (tests)
             pass
+        if self.config.metrics is not None:
+            self._start_metrics(self.runtime)
         self._account_watch = LoopingCall(self.end_sessions_of_disabled_accounts)
         self._account_watch.clock = self.reactor
         self._account_watch.start(ACCOUNT_CHECK_SECONDS, now=False)
@@ -282,6 +290,36 @@ class SecureTransportService(MultiService):
         )
         return port
 
+    def _start_metrics(self, runtime: ServerRuntime) -> None:
+        """Count the audit events; serve `[metrics]` here, or, as a worker, refresh the
+        multiprocess files the supervisor serves (securetransport.metrics)."""
+        from securetransport.metrics import (
+            REFRESH_SECONDS,
+            Metrics,
+            in_worker_multiprocess_mode,
+            listen_metrics,
+            render_registry,
+        )
+
+        metrics = self.metrics = Metrics()
+        runtime.audit.observers.append(metrics.observe)
+
+        def refresh() -> None:
+            metrics.refresh(runtime, self._verification)
+
+        if self.worker is None:
+            assert self.config.metrics is not None
+            self.metrics_port = listen_metrics(
+                self.reactor,
+                self.config.metrics,
+                lambda: render_registry(metrics.registry, refresh),
+                lambda: runtime.draining,
+            )
+        elif in_worker_multiprocess_mode():
+            self._metrics_refresh = LoopingCall(refresh)
+            self._metrics_refresh.clock = self.reactor
+            self._metrics_refresh.start(REFRESH_SECONDS, now=True)
+
     def drain(self, runtime: ServerRuntime, grace: float) -> defer.Deferred[None]:
         """End idle sessions now (421) and the others when their transfer ends, or at `grace`.
 
@@ -352,6 +390,11 @@ class SecureTransportService(MultiService):
             d.addCallback(lambda _: self.drain(runtime, self.config.server.shutdown_grace))
 
         def stop_pools(_: object) -> None:
+            if self._metrics_refresh is not None and self._metrics_refresh.running:
+                self._metrics_refresh.stop()
+            if self.metrics_port is not None:  # kept open while draining: /health said 503
+                self.metrics_port.stopListening()
+                self.metrics_port = None
             for pool in self._pools:
                 pool.stop()
             self._pools = []
@@ -363,6 +406,15 @@ class SecureTransportService(MultiService):
 
         d.addCallback(stop_pools)
         return d  # type: ignore[return-value]
+
+
+def preload_modules(config: Config) -> None:
+    """Import what the optional features need while still root: the interpreter's own
+    files may be unreadable once twistd has dropped privileges."""
+    if config.metrics is not None:
+        import prometheus_client.multiprocess  # noqa: F401
+
+        import securetransport.metrics  # noqa: F401
 
 
 def pid_is_root() -> bool:

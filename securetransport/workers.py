@@ -277,6 +277,7 @@ class _WorkerProcess(protocol.ProcessProtocol):
         self.boot = boot
         self.ended: defer.Deferred[None] = defer.Deferred()
         self._partial = {1: b"", 2: b""}
+        self.pid: int | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -326,12 +327,17 @@ class WorkerSupervisor(MultiService):
         self._started_once = False
         self._watch: LoopingCall | None = None
         self._stamps: tuple[tuple[str, float, int], ...] = ()
+        self.metrics_dir: str | None = None  # the workers' multiprocess metrics files
+        self.metrics_port: Any = None
 
     # ------------------------------------------------------------- start
 
     def privilegedStartService(self) -> None:
         """Before twistd drops privileges: bind the listeners (ports 21 and 990 need root)."""
+        from securetransport.service import preload_modules
+
         super().privilegedStartService()
+        preload_modules(self.config)
         self._bind()
 
     def _bind(self) -> None:
@@ -369,6 +375,8 @@ class WorkerSupervisor(MultiService):
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         except ValueError:  # not the main thread (tests)
             pass
+        if self.config.metrics is not None:
+            self._start_metrics()
         for index in range(self.count):
             self._spawn(index)
         if self.config.tls.enabled:
@@ -378,6 +386,22 @@ class WorkerSupervisor(MultiService):
             from securetransport.service import RELOAD_CHECK_SECONDS
 
             self._watch.start(RELOAD_CHECK_SECONDS, now=False)
+
+    def _start_metrics(self) -> None:
+        """One endpoint for the whole server: the workers' values, aggregated (metrics.py)."""
+        import tempfile
+
+        from securetransport.metrics import listen_metrics, multiprocess_render
+
+        folder = SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK) else Path("/tmp")
+        self.metrics_dir = tempfile.mkdtemp(prefix="securetransport-metrics-", dir=folder)
+        assert self.config.metrics is not None
+        self.metrics_port = listen_metrics(
+            self.reactor,
+            self.config.metrics,
+            multiprocess_render(self.metrics_dir),
+            lambda: self._stopping,
+        )
 
     def _limits_path(self) -> Path:
         folder = SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK) else Path("/tmp")
@@ -417,9 +441,14 @@ class WorkerSupervisor(MultiService):
         package_root = str(Path(securetransport.__file__).resolve().parent.parent)
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, "PYTHONPATH": package_root + (os.pathsep + path if path else "")}
+        if self.metrics_dir is not None:
+            from securetransport.metrics import MULTIPROC_ENV
+
+            env[MULTIPROC_ENV] = self.metrics_dir
         process = _WorkerProcess(self, index, self._boot())
         try:
             self.reactor.spawnProcess(process, sys.executable, args, env=env, childFDs=child_fds)
+            process.pid = getattr(process.transport, "pid", None)  # gone once it is reaped
         except OSError as problem:
             log.error(
                 "cannot start worker {index}: {python}: {error} (the user twistd runs as "
@@ -452,6 +481,11 @@ class WorkerSupervisor(MultiService):
             del self.processes[index]
         if self.limits is not None:
             self.limits.forget_worker(index)  # its sessions ended with it
+        pid = process.pid
+        if self.metrics_dir is not None and pid is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid, self.metrics_dir)  # its gauges no longer count
         if self._stopping:
             return
         status = reason.value
@@ -535,6 +569,14 @@ class WorkerSupervisor(MultiService):
         def cleanup(_: object) -> None:
             if killer.active():
                 killer.cancel()
+            if self.metrics_port is not None:  # open while draining: /health said 503
+                self.metrics_port.stopListening()
+                self.metrics_port = None
+            if self.metrics_dir is not None:
+                import shutil
+
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
+                self.metrics_dir = None
             if self.limits is not None:
                 path = self.limits.path
                 self.limits.close()

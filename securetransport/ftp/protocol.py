@@ -1157,6 +1157,7 @@ class FTPSession(Protocol):
         if self.klass is not None and self.klass.ssl == "mandatory" and not self.prot_private:
             self.data.close()
             self.data = None
+            self.server.audit.event("refused", session=self.session_id, reply=521)
             self._send(
                 Reply.PROT_NOT_ALLOWED, "Data protection required for this account: use PROT P"
             )

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from hardening.clients import open_session
-from hardening.server import ServerProcess
+from hardening.server import DEFAULT_CLASSES, ServerProcess, free_port
 from tests.e2e.harness import PASSWORD, random_file
 
 
@@ -25,11 +25,27 @@ class DrainTest(SynchronousTestCase):
     def setUp(self) -> None:
         root = Path(self.mktemp()).absolute()
         root.parent.chmod(0o755)  # mkdtemp's 0700 would keep "nobody" out
-        self.server = ServerProcess(root, extra_server=f"shutdown_grace = {self.grace}").start()
+        self.metrics_port = free_port()
+        metrics = f'\n[metrics]\naddress = "127.0.0.1"\nport = {self.metrics_port}\n'
+        self.server = ServerProcess(
+            root, extra_server=f"shutdown_grace = {self.grace}", classes=DEFAULT_CLASSES + metrics
+        ).start()
         self.addCleanup(self.server.kill)
 
     def login(self) -> ftplib.FTP:
         return open_session(self.server.explicit_port, "alice", PASSWORD, mode="clear")
+
+    def health(self) -> int:
+        """The status of GET /health (the balancer's check)."""
+        import urllib.error
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.metrics_port}/health"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
 
     def refused(self) -> bool:
         try:
@@ -83,10 +99,12 @@ class SigtermLetsTransfersFinish(DrainTest):
         thread = threading.Thread(target=download)
         thread.start()
         self.assertTrue(started.wait(10))
+        self.assertEqual(self.health(), 200)
         time.sleep(0.5)
         os.kill(self.server.pid, signal.SIGTERM)
         time.sleep(0.5)
         self.assertTrue(self.refused(), "the node still accepts connections while draining")
+        self.assertEqual(self.health(), 503)  # the balancer sends new sessions elsewhere
         thread.join(60)
         self.assertNotIn("error", result, result)
         self.assertTrue(result["reply"].startswith("226"), result)
