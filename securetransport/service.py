@@ -113,6 +113,9 @@ class SecureTransportService(MultiService):
         self.metrics: Any = None  # securetransport.metrics.Metrics when [metrics] is set
         self.metrics_port: IListeningPort | None = None
         self._metrics_refresh: LoopingCall | None = None
+        self.cluster: Any = None  # securetransport.cluster.ClusterGuard on PostgreSQL
+        self._listener: Any = None
+        self._resync: LoopingCall | None = None
 
     def build_runtime(self) -> ServerRuntime:
         from securetransport.auth import make_portal
@@ -166,9 +169,12 @@ class SecureTransportService(MultiService):
             audit=worker.audit_log(server.audit_log) if worker else AuditLog(server.audit_log),
             xferlog=XferLog(server.xferlog),
             tls=tls,
-            guard=worker.login_guard(server)
-            if worker
-            else LoginGuard(server.max_login_failures, server.ban_time),
+            guard=self._cluster_guard(
+                worker.login_guard(server)
+                if worker
+                else LoginGuard(server.max_login_failures, server.ban_time),
+                database,
+            ),
             sessions=worker.session_counter(server)
             if worker
             else SessionCounter(server.max_sessions, server.max_sessions_per_address),
@@ -204,6 +210,8 @@ class SecureTransportService(MultiService):
             pass
         if self.config.metrics is not None:
             self._start_metrics(self.runtime)
+        if self.cluster is not None:
+            self._start_cluster()
         self._account_watch = LoopingCall(self.end_sessions_of_disabled_accounts)
         self._account_watch.clock = self.reactor
         self._account_watch.start(ACCOUNT_CHECK_SECONDS, now=False)
@@ -289,6 +297,55 @@ class SecureTransportService(MultiService):
             port=port.getHost().port,  # type: ignore[attr-defined]
         )
         return port
+
+    def _cluster_guard(self, local: Any, database: ThreadPool) -> Any:
+        """On PostgreSQL, failures and bans are shared by every node (securetransport.cluster)."""
+        from securetransport.pgstore import PostgreSQLUserStore
+
+        if not isinstance(self._store, PostgreSQLUserStore):
+            return local
+        from securetransport.cluster import ClusterGuard, node_name
+
+        self._store.node = node_name()
+        server = self.config.server
+        self.cluster = ClusterGuard(
+            local, self._store, database, self.reactor, server.ban_time, server.max_login_failures
+        )
+        return self.cluster
+
+    def _start_cluster(self) -> None:
+        """LISTEN for the other nodes' changes; resync now and then (the backstop)."""
+        from securetransport.cluster import RESYNC_SECONDS, ChangeListener
+        from securetransport.pgstore import CHANNEL
+
+        self._listener = ChangeListener(
+            self.config.server.users, CHANNEL, self.reactor, self.on_change, self.resync
+        )
+        self._listener.start()
+        self._resync = LoopingCall(self.resync)
+        self._resync.clock = self.reactor
+        self._resync.start(RESYNC_SECONDS, now=False)
+
+    def on_change(self, message: dict[str, Any]) -> None:
+        """A change notified by any node: an account (end its sessions if it is gone or
+        disabled), or another node's failed login or ban."""
+        runtime = self.runtime
+        if runtime is None:
+            return
+        if message.get("kind") == "account":
+            name = str(message.get("name"))
+            if any(s.username == name and s.avatar is not None for s in runtime.open_sessions):
+                runtime.users.get(name).addCallback(self._end_if_gone, name).addErrback(
+                    lambda f: log.error("account check failed: {error}", error=f.value)
+                )
+        elif self.cluster is not None:
+            self.cluster.apply(message)
+
+    def resync(self) -> None:
+        """After (re)connecting and every RESYNC_SECONDS: bans in force, open accounts."""
+        if self.cluster is not None:
+            self.cluster.resync()
+        self.end_sessions_of_disabled_accounts()
 
     def _start_metrics(self, runtime: ServerRuntime) -> None:
         """Count the audit events; serve `[metrics]` here, or, as a worker, refresh the
@@ -377,9 +434,12 @@ class SecureTransportService(MultiService):
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
-        for watch in (self._watch, self._account_watch):
+        for watch in (self._watch, self._account_watch, self._resync):
             if watch is not None and watch.running:
                 watch.stop()
+        if self._listener is not None:
+            self._listener.stop(timeout=0)  # a daemon thread; it sees the flag within 0.5 s
+            self._listener = None
         runtime = self.runtime
         waits = [defer.maybeDeferred(port.stopListening) for port in self.ports]
         self.ports = []
@@ -415,6 +475,12 @@ def preload_modules(config: Config) -> None:
         import prometheus_client.multiprocess  # noqa: F401
 
         import securetransport.metrics  # noqa: F401
+    if config.server.users.startswith("postgresql://"):
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+
+        import securetransport.cluster  # noqa: F401
+        import securetransport.pgstore  # noqa: F401
 
 
 def pid_is_root() -> bool:
