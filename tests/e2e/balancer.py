@@ -190,7 +190,7 @@ class Cluster:
         for parent in self.root.parents:
             if not parent.stat().st_mode & 0o001:
                 raise AssertionError(f"{parent} is not searchable by nobody: use another root")
-        for folder, dirs, files in os.walk(self.root):
+        for folder, _dirs, files in os.walk(self.root):
             os.chown(folder, entry.pw_uid, entry.pw_gid)
             for name in files:
                 os.chown(os.path.join(folder, name), entry.pw_uid, entry.pw_gid)
