@@ -128,7 +128,7 @@ class SecureTransportService(MultiService):
         server.home_root.mkdir(parents=True, exist_ok=True)
         worker = self.worker
         if worker is None:  # workers: the supervisor swept once; now others may be uploading
-            swept = sweep_temporaries(server.home_root)
+            swept = sweep_temporaries(server.home_root, sweep_min_age(config))
             if swept:
                 log.info("removed {count} interrupted uploads", count=swept)
         tls = self._preloaded_tls or load_tls(config)
@@ -466,6 +466,15 @@ class SecureTransportService(MultiService):
 
         d.addCallback(stop_pools)
         return d  # type: ignore[return-value]
+
+
+def sweep_min_age(config: Config) -> float:
+    """How old an upload temporary must be to be swept at start-up. On PostgreSQL the file
+    tree is shared by other live nodes: spare what may still be written (a live upload
+    writes at least every data_timeout, or is ended)."""
+    if config.server.users.startswith("postgresql://"):
+        return 2 * config.server.data_timeout
+    return 0.0
 
 
 def preload_modules(config: Config) -> None:

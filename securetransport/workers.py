@@ -362,7 +362,10 @@ class WorkerSupervisor(MultiService):
         self._bind()
         server = self.config.server
         server.home_root.mkdir(parents=True, exist_ok=True)
-        swept = sweep_temporaries(server.home_root)  # once, before any worker uploads
+        from securetransport.service import sweep_min_age
+
+        # once, before any worker uploads (sparing other nodes' uploads on a shared tree)
+        swept = sweep_temporaries(server.home_root, sweep_min_age(self.config))
         if swept:
             log.info("removed {count} interrupted uploads", count=swept)
         self.limits = SharedLimits.create(
