@@ -127,8 +127,12 @@ class ClusterGuard:
         reactor: Any,
         window: float,
         max_failures: int,
+        apply_remote: bool = True,
     ) -> None:
+        """`apply_remote`: feed other nodes' failures and bans into `local`. With
+        `server.workers` the local table is shared by the workers: only one applies them."""
         self.local = local
+        self.apply_remote = apply_remote
         self.store = store
         self.threadpool = threadpool
         self.reactor = reactor
@@ -180,7 +184,7 @@ class ClusterGuard:
 
     def apply(self, message: dict[str, Any]) -> None:
         """A notification of kind `failure` or `ban` from another node."""
-        if message.get("node") == self.node:
+        if message.get("node") == self.node or not self.apply_remote:
             return
         try:
             if message.get("kind") == "failure":
@@ -196,6 +200,8 @@ class ClusterGuard:
         d = deferToThreadPool(self.reactor, self.threadpool, self.store.active_bans, now)
 
         def apply(bans: list[tuple[str, float]]) -> None:
+            if not self.apply_remote:
+                return
             for key, until in bans:
                 self.impose(key, until)
 

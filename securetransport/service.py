@@ -309,7 +309,13 @@ class SecureTransportService(MultiService):
         self._store.node = node_name()
         server = self.config.server
         self.cluster = ClusterGuard(
-            local, self._store, database, self.reactor, server.ban_time, server.max_login_failures
+            local,
+            self._store,
+            database,
+            self.reactor,
+            server.ban_time,
+            server.max_login_failures,
+            apply_remote=self.worker is None or self.worker.index == 0,
         )
         return self.cluster
 

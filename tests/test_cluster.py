@@ -119,3 +119,14 @@ class SweepTests(SynchronousTestCase):
         self.assertTrue(fresh.exists())
         self.assertEqual(sweep_temporaries(root), 1)
         self.assertFalse(fresh.exists())
+
+
+class WorkerGuardTests(SynchronousTestCase):
+    def test_only_one_worker_applies_remote_failures_to_the_shared_table(self) -> None:
+        local = LoginGuard(2, 300)
+        quiet = ClusterGuard(local, FakeStore(), None, None, 300, 2, apply_remote=False)
+        for at in (1.0, 2.0):
+            quiet.apply({"kind": "failure", "key": "192.0.2.1", "name": "x", "at": at, "node": "b"})
+        quiet.apply({"kind": "ban", "key": "192.0.2.2", "until": 99.0, "node": "b"})
+        self.assertFalse(local.is_banned("192.0.2.1", 3.0))
+        self.assertFalse(local.is_banned("192.0.2.2", 3.0))
