@@ -195,9 +195,16 @@ class ClusterGuard:
             log.warn("ignored a malformed notification: {error}", error=error)
 
     def resync(self) -> Any:
-        """Re-read the bans in force (the backstop for lost notifications)."""
+        """Re-read the bans in force (the backstop for lost notifications); forget the
+        failures and bans that are over (any node may; it is idempotent)."""
         now = time.time()
-        d = deferToThreadPool(self.reactor, self.threadpool, self.store.active_bans, now)
+
+        def read() -> list[tuple[str, float]]:
+            self.store.prune(now, self.window)
+            bans: list[tuple[str, float]] = self.store.active_bans(now)
+            return bans
+
+        d = deferToThreadPool(self.reactor, self.threadpool, read)
 
         def apply(bans: list[tuple[str, float]]) -> None:
             if not self.apply_remote:

@@ -33,6 +33,9 @@ class FakeStore:
     def active_bans(self, now: float) -> list[tuple[str, float]]:
         return [("192.0.2.77", now + 100)]
 
+    def prune(self, now: float, window: float) -> None:
+        self.calls.append(("prune", window))
+
 
 class KeyTests(SynchronousTestCase):
     def test_key_address_round_trips_through_ban_key(self) -> None:
@@ -103,6 +106,7 @@ class GuardWithThreads(TestCase):
         self.assertTrue(guard.is_banned("192.0.2.8", now + 1))  # the database's ban
         yield guard.resync()
         self.assertTrue(guard.is_banned("192.0.2.77", time.time()))
+        self.assertEqual(store.calls[-1], ("prune", 300))
 
 
 class SweepTests(SynchronousTestCase):

@@ -144,7 +144,10 @@ class ProxyEndToEnd(TestCase):
         server = self.serve('[proxy]\nfrom = ["127.0.0.9/32"]\nrequired = true\n')
 
         def client() -> bool:
-            c = Control(server.explicit_port)
+            try:
+                c = Control(server.explicit_port)
+            except ConnectionResetError:  # aborted before connect() returned
+                return True
             closed = c.closed()
             c.close()
             return closed
@@ -237,5 +240,32 @@ class ProxyEndToEnd(TestCase):
             self.assertEqual(len(tls), 1)
             starts = [e for e in server.audit_events() if e.get("event") == "session-start"]
             self.assertEqual([e["client"] for e in starts], ["10.5.5.5"])
+
+        return in_thread(client).addCallback(check)
+
+    def test_implicit_tls_port_reads_the_header_before_the_handshake(self) -> Any:
+        server = self.serve('[proxy]\nfrom = ["127.0.0.0/8"]\n')
+        import ssl
+
+        def client() -> tuple[str, str]:
+            sock = socket.create_connection(("127.0.0.1", server.implicit_port), timeout=10)
+            sock.sendall(format_v2(("10.6.6.6", 9), ("127.0.0.1", 990)))
+            context = ssl.create_default_context(cafile=str(server.pki / "ca.crt"))
+            context.check_hostname = False
+            tls = context.wrap_socket(sock)
+            reader = tls.makefile("rb")
+            greeting = reader.readline().decode().strip()
+            tls.sendall(b"USER alice\r\n")
+            user = reader.readline().decode().strip()
+            reader.close()
+            tls.close()
+            return greeting, user
+
+        def check(replies: tuple[str, str]) -> None:
+            greeting, user = replies
+            self.assertTrue(greeting.startswith("220"), replies)
+            self.assertTrue(user.startswith("331"), replies)
+            starts = [e for e in server.audit_events() if e.get("event") == "session-start"]
+            self.assertEqual([(e["client"], e["implicit"]) for e in starts], [("10.6.6.6", True)])
 
         return in_thread(client).addCallback(check)
