@@ -604,6 +604,13 @@ class _Builder:
             self.problems.append(
                 'proxy.from: required (the balancers\' networks, e.g. ["10.0.0.5/32"])'
             )
+        for index, network in enumerate(values.get("from", ()), 1):
+            if network.prefixlen == 0:
+                self.warn(
+                    f"proxy.from[{index}]",
+                    f"{network} believes a PROXY header from any address, so any client"
+                    " can choose the address it is seen from",
+                )
         return ProxyConfig(trusted=values.get("from", ()), required=values.get("required", False))
 
     def metrics(self, value: object) -> MetricsConfig:

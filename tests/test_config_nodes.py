@@ -63,3 +63,9 @@ class NodeKeys(SynchronousTestCase):
         self.assertTrue(
             self.problems('[server]\nusers = "mysql://x"\n')[0].startswith("server.users:")
         )
+
+    def test_proxy_from_everywhere_is_warned_about(self) -> None:
+        config = self.load('[proxy]\nfrom = ["10.0.0.5/32", "0.0.0.0/0"]\n')
+        proxy = [w for w in config.warnings if w.startswith("warning: proxy.")]  # type: ignore[attr-defined]
+        self.assertEqual(len(proxy), 1, proxy)
+        self.assertTrue(proxy[0].startswith("warning: proxy.from[2]: 0.0.0.0/0 "))

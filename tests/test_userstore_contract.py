@@ -249,6 +249,26 @@ class PostgreSQLSchema(SynchronousTestCase):
         self.addCleanup(store.close)
         self.assertEqual([a.name for a in store.list()], ["carol"])
 
+    def test_twistd_refuses_an_older_schema_naming_the_command(self) -> None:
+        from twisted.python import usage
+
+        from securetransport.tap import Options
+
+        config = temp_dir(self) / "st.toml"
+        config.write_text(f'[server]\nusers = "{self.url}"\nallow_root = true\n')
+        error = self.assertRaises(
+            usage.UsageError, Options().parseOptions, ["--config", str(config)]
+        )
+        self.assertEqual(
+            str(error),
+            "server.users: the user store schema is version 0, older than this program's"
+            f" {SCHEMA_VERSION}: run `securetransport db upgrade`",
+        )
+        upgrade(self.url)
+        options = Options()
+        options.parseOptions(["--config", str(config)])
+        self.assertEqual(options["parsed"].server.users, self.url)
+
     def test_cli_db_upgrade_wants_postgresql(self) -> None:
         config = temp_dir(self) / "st.toml"
         config.write_text('[server]\nusers = "sqlite:users.db"\n')
