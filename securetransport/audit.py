@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -65,11 +66,18 @@ class AuditLog(_ReopenableFile):
 
     def __init__(self, path: Path | None, clock: Any = time) -> None:
         self.clock = clock
+        # Called with (event, fields) for every event, e.g. metrics.Metrics.observe.
+        self.observers: list[Callable[[str, dict[str, Any]], None]] = []
         super().__init__(path)
 
     def event(self, event: str, **fields: Any) -> None:
         record = {"time": _iso(self.clock.time()), "event": event, **fields}
         self.write_line(json.dumps(record, default=str, ensure_ascii=False, sort_keys=False))
+        for observer in self.observers:
+            try:
+                observer(event, fields)
+            except Exception:  # noqa: BLE001 - an observer never breaks a session
+                log.failure("audit observer failed")
 
 
 class XferLog(_ReopenableFile):

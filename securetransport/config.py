@@ -61,6 +61,7 @@ class ServerConfig:
     xferlog: Path | None = None
     allow_root: bool = False  # keep serving as root when twistd was not told --uid/--gid
     workers: int = 1  # reactor processes sharing the listeners (securetransport.workers)
+    shutdown_grace: float = 30  # seconds SIGTERM lets transfers in progress finish
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,23 @@ class ClassConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    """`[proxy]`: who may send a PROXY protocol header (securetransport.proxy)."""
+
+    trusted: tuple[IPNetwork, ...] = ()  # the `from` key
+    required: bool = False  # refuse connections from other addresses
+    timeout: float = 3.0  # seconds for the header (SPEC section 10; not a key)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """`[metrics]`: the Prometheus `/metrics` and `/health` endpoint (securetransport.metrics)."""
+
+    address: str = "127.0.0.1"
+    port: int = 9464
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None = None
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -119,6 +137,8 @@ class Config:
     passive: PassiveConfig = field(default_factory=PassiveConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     classes: tuple[ClassConfig, ...] = ()
+    proxy: ProxyConfig | None = None  # None: no PROXY header is read
+    metrics: MetricsConfig | None = None  # None: no metrics endpoint
     warnings: tuple[str, ...] = ()  # `warning: KEY: ...` lines found while loading
 
 
@@ -467,6 +487,8 @@ class _Builder:
     def users_url(self, value: object) -> str:
         text = _string(value)
         scheme, colon, rest = text.partition(":")
+        if scheme == "postgresql" and rest.startswith("//"):
+            return text  # a libpq URI (SPEC section 10); psycopg checks the rest
         if scheme != "sqlite" or not colon:
             raise _bad(f'must be "sqlite:PATH", got {_show(text)}')
         if not rest:
@@ -530,6 +552,7 @@ class _Builder:
             "xferlog": self.optional_path,
             "allow_root": _boolean,
             "workers": _positive_integer,
+            "shutdown_grace": _seconds,
         }
         result = self.table(value, "server", fields)
         values = result[0] if result else {}
@@ -569,6 +592,31 @@ class _Builder:
         fields = {"ports": _port_range, "address": _passive_address}
         result = self.table(value, "passive", fields)
         return PassiveConfig(**(result[0] if result else {}))
+
+    def proxy(self, value: object) -> ProxyConfig:
+        fields: dict[str, Callable[[object], Any]] = {
+            "from": _array(_network, allow_empty=False),
+            "required": _boolean,
+        }
+        result = self.table(value, "proxy", fields)
+        values = result[0] if result else {}
+        if result is not None and "from" not in values and "from" not in result[1]:
+            self.problems.append(
+                'proxy.from: required (the balancers\' networks, e.g. ["10.0.0.5/32"])'
+            )
+        for index, network in enumerate(values.get("from", ()), 1):
+            if network.prefixlen == 0:
+                self.warn(
+                    f"proxy.from[{index}]",
+                    f"{network} believes a PROXY header from any address, so any client"
+                    " can choose the address it is seen from",
+                )
+        return ProxyConfig(trusted=values.get("from", ()), required=values.get("required", False))
+
+    def metrics(self, value: object) -> MetricsConfig:
+        fields = {"address": _ip_address, "port": _port}
+        result = self.table(value, "metrics", fields)
+        return MetricsConfig(**(result[0] if result else {}))
 
     def tls(self, value: object) -> tuple[TLSConfig, set[str]]:
         fields: dict[str, Callable[[object], Any]] = {
@@ -647,7 +695,9 @@ class _Builder:
         tls = TLSConfig()
         tls_bad: set[str] = set()
         classes: list[tuple[ClassConfig, set[str]]] = []
-        sections = ("server", "listen", "passive", "tls", "class")
+        proxy: ProxyConfig | None = None
+        metrics: MetricsConfig | None = None
+        sections = ("server", "listen", "passive", "tls", "class", "proxy", "metrics")
         for name, value in data.items():
             if name == "server":
                 server = self.server(value)
@@ -661,6 +711,10 @@ class _Builder:
                 tls, tls_bad = self.tls(value)
             elif name == "class":
                 classes = self.classes(value)
+            elif name == "proxy":
+                proxy = self.proxy(value)
+            elif name == "metrics":
+                metrics = self.metrics(value)
             else:
                 kind = "table" if isinstance(value, dict | list) else "key"
                 self.problems.append(f"{_key(name)}: unknown {kind}{_did_you_mean(name, sections)}")
@@ -679,6 +733,8 @@ class _Builder:
             passive=passive,
             tls=tls,
             classes=tuple(entry for entry, _ in classes),
+            proxy=proxy,
+            metrics=metrics,
             warnings=tuple(self.warnings),
         )
 

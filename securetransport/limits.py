@@ -71,6 +71,16 @@ class LoginGuard:
             return True
         return False
 
+    def impose_ban(self, address: str, until: float) -> None:
+        """Ban `address` until `until`, as another node decided (securetransport.cluster)."""
+        key = ban_key(address)
+        if until > self._banned_until.get(key, 0.0):
+            self._banned_until[key] = until
+
+    def active_bans(self, now: float) -> int:
+        """Addresses banned at `now` (the metrics' `bans_active`)."""
+        return sum(1 for until in self._banned_until.values() if until > now)
+
     def _recent(self, table: dict[str, deque[float]], key: str, now: float) -> deque[float]:
         entries = table.setdefault(key, deque())
         while entries and entries[0] <= now - self.window:

@@ -59,3 +59,4 @@ class ServerRuntime:
     sendfile_active: int = 0  # clear downloads holding a thread for os.sendfile
     failure_delay_base: float = 1.0  # seconds; tests may shorten it
     open_sessions: set[Any] = field(default_factory=set)
+    draining: bool = False  # SIGTERM: no new sessions or transfers; /health says 503

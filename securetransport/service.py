@@ -28,6 +28,8 @@ log = Logger(namespace="securetransport.service")
 
 CRL_WARNING_EVERY = 720  # [tls] file checks: every 6 hours
 ACCOUNT_CHECK_SECONDS = 15.0
+DRAIN_POLL_SECONDS = 0.1
+DRAIN_CLOSE_SECONDS = 5.0  # after the grace, for ended sessions to close
 
 
 class SecureTransportService(MultiService):
@@ -62,6 +64,13 @@ class SecureTransportService(MultiService):
         self._checks = 0
         self._factories: list[FTPFactory] = []
         self._account_watch: LoopingCall | None = None
+        self._verification: Any = None
+        self.metrics: Any = None  # securetransport.metrics.Metrics when [metrics] is set
+        self.metrics_port: IListeningPort | None = None
+        self._metrics_refresh: LoopingCall | None = None
+        self.cluster: Any = None  # securetransport.cluster.ClusterGuard on PostgreSQL
+        self._listener: Any = None
+        self._resync: LoopingCall | None = None
 
     def build_runtime(self) -> ServerRuntime:
         from securetransport.auth import make_portal
@@ -74,7 +83,7 @@ class SecureTransportService(MultiService):
         server.home_root.mkdir(parents=True, exist_ok=True)
         worker = self.worker
         if worker is None:  # workers: the supervisor swept once; now others may be uploading
-            swept = sweep_temporaries(server.home_root)
+            swept = sweep_temporaries(server.home_root, sweep_min_age(config))
             if swept:
                 log.info("removed {count} interrupted uploads", count=swept)
         tls = self._preloaded_tls or load_tls(config)
@@ -86,6 +95,7 @@ class SecureTransportService(MultiService):
         verification = VerificationPool(self.reactor)
         verification.start()
         self._pools.append(verification)
+        self._verification = verification
         self._store = open_user_store(server.users)
         users = AsyncUserStore(self._store, database, self.reactor)
 
@@ -101,20 +111,23 @@ class SecureTransportService(MultiService):
             )
 
         portal: Portal = make_portal(users, verification, filesystem_for)
+        passive_ports: tuple[int, int] = worker.passive_ports if worker else config.passive.ports
+        first, last = passive_ports
         runtime = ServerRuntime(
             config=config,
             reactor=self.reactor,
             portal=portal,
             users=users,
-            passive=PassivePortProvider(
-                self.reactor, *(worker.passive_ports if worker else config.passive.ports)
-            ),
+            passive=PassivePortProvider(self.reactor, first, last, wrap=self._behind_proxy),
             audit=worker.audit_log(server.audit_log) if worker else AuditLog(server.audit_log),
             xferlog=XferLog(server.xferlog),
             tls=tls,
-            guard=worker.login_guard(server)
-            if worker
-            else LoginGuard(server.max_login_failures, server.ban_time),
+            guard=self._cluster_guard(
+                worker.login_guard(server)
+                if worker
+                else LoginGuard(server.max_login_failures, server.ban_time),
+                database,
+            ),
             sessions=worker.session_counter(server)
             if worker
             else SessionCounter(server.max_sessions, server.max_sessions_per_address),
@@ -128,6 +141,7 @@ class SecureTransportService(MultiService):
         in startService, as the unprivileged user, so the files it creates are its own.
         """
         super().privilegedStartService()
+        preload_modules(self.config)
         self._bind()
 
     def _bind(self) -> None:
@@ -147,6 +161,10 @@ class SecureTransportService(MultiService):
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         except ValueError:  # not the main thread (tests)
             pass
+        if self.config.metrics is not None:
+            self._start_metrics(self.runtime)
+        if self.cluster is not None:
+            self._start_cluster()
         self._account_watch = LoopingCall(self.end_sessions_of_disabled_accounts)
         self._account_watch.clock = self.reactor
         self._account_watch.start(ACCOUNT_CHECK_SECONDS, now=False)
@@ -212,6 +230,7 @@ class SecureTransportService(MultiService):
             )
         else:
             factory = ftp_factory
+        factory = self._behind_proxy(factory)
         port: IListeningPort
         if self.worker is None or fd is None:
             port = self.reactor.listenTCP(listen.port, factory, interface=listen.address)
@@ -224,6 +243,130 @@ class SecureTransportService(MultiService):
             port=port.getHost().port,  # type: ignore[attr-defined]
         )
         return port
+
+    def _cluster_guard(self, local: Any, database: ThreadPool) -> Any:
+        """On PostgreSQL, failures and bans are shared by every node (securetransport.cluster)."""
+        from securetransport.pgstore import PostgreSQLUserStore
+
+        if not isinstance(self._store, PostgreSQLUserStore):
+            return local
+        from securetransport.cluster import ClusterGuard, node_name
+
+        self._store.node = node_name()
+        server = self.config.server
+        self.cluster = ClusterGuard(
+            local,
+            self._store,
+            database,
+            self.reactor,
+            server.ban_time,
+            server.max_login_failures,
+            apply_remote=self.worker is None or self.worker.index == 0,
+        )
+        return self.cluster
+
+    def _start_cluster(self) -> None:
+        """LISTEN for the other nodes' changes; resync now and then (the backstop)."""
+        from securetransport.cluster import RESYNC_SECONDS, ChangeListener
+        from securetransport.pgstore import CHANNEL
+
+        self._listener = ChangeListener(
+            self.config.server.users, CHANNEL, self.reactor, self.on_change, self.resync
+        )
+        self._listener.start()
+        self._resync = LoopingCall(self.resync)
+        self._resync.clock = self.reactor
+        self._resync.start(RESYNC_SECONDS, now=False)
+
+    def on_change(self, message: dict[str, Any]) -> None:
+        """A change notified by any node: an account (end its sessions if it is gone or
+        disabled), or another node's failed login or ban."""
+        runtime = self.runtime
+        if runtime is None:
+            return
+        if message.get("kind") == "account":
+            name = str(message.get("name"))
+            if any(s.username == name and s.avatar is not None for s in runtime.open_sessions):
+                runtime.users.get(name).addCallback(self._end_if_gone, name).addErrback(
+                    lambda f: log.error("account check failed: {error}", error=f.value)
+                )
+        elif self.cluster is not None:
+            self.cluster.apply(message)
+
+    def resync(self) -> None:
+        """After (re)connecting and every RESYNC_SECONDS: bans in force, open accounts."""
+        if self.cluster is not None:
+            self.cluster.resync()
+        self.end_sessions_of_disabled_accounts()
+
+    def _start_metrics(self, runtime: ServerRuntime) -> None:
+        """Count the audit events; serve `[metrics]` here, or, as a worker, refresh the
+        multiprocess files the supervisor serves (securetransport.metrics)."""
+        from securetransport.metrics import (
+            REFRESH_SECONDS,
+            Metrics,
+            in_worker_multiprocess_mode,
+            listen_metrics,
+            render_registry,
+        )
+
+        metrics = self.metrics = Metrics()
+        runtime.audit.observers.append(metrics.observe)
+
+        def refresh() -> None:
+            metrics.refresh(runtime, self._verification)
+
+        if self.worker is None:
+            assert self.config.metrics is not None
+            self.metrics_port = listen_metrics(
+                self.reactor,
+                self.config.metrics,
+                lambda: render_registry(metrics.registry, refresh),
+                lambda: runtime.draining,
+            )
+        elif in_worker_multiprocess_mode():
+            self._metrics_refresh = LoopingCall(refresh)
+            self._metrics_refresh.clock = self.reactor
+            self._metrics_refresh.start(REFRESH_SECONDS, now=True)
+
+    def drain(self, runtime: ServerRuntime, grace: float) -> defer.Deferred[None]:
+        """End idle sessions now (421) and the others when their transfer ends, or at `grace`.
+
+        The listeners are closed first and no passive port opens while draining, so a
+        session takes no new transfer; after `grace` seconds what is left is ended as
+        section 6 says (an interrupted upload is not published).
+        """
+        done: defer.Deferred[None] = defer.Deferred()
+        deadline = self.reactor.seconds() + grace
+
+        def step() -> None:
+            now = self.reactor.seconds()
+            for session in list(runtime.open_sessions):
+                if now >= deadline or getattr(session, "transfer", None) is None:
+                    session.shutdown()
+            # Done when every session has closed (its interrupted upload, if any, is being
+            # removed in the files pool, which finishes its queue when it stops).
+            if not runtime.open_sessions or now >= deadline + DRAIN_CLOSE_SECONDS:
+                if poll.running:
+                    poll.stop()
+                done.callback(None)
+
+        poll = LoopingCall(step)
+        poll.clock = self.reactor
+        if runtime.open_sessions:
+            log.info(
+                "draining: {count} sessions, up to {grace} s",
+                count=len(runtime.open_sessions),
+                grace=grace,
+            )
+        poll.start(DRAIN_POLL_SECONDS, now=True)
+        return done
+
+    def _behind_proxy(self, factory: Any) -> Any:
+        """The factory behind the `[proxy]` header reader, when configured (SPEC section 10)."""
+        from securetransport.proxy import wrap_factory
+
+        return wrap_factory(factory, self.config.proxy, self.reactor)
 
     def reload(self) -> None:
         """SIGHUP: reopen the logs and reload the [tls] files; keep the last good ones on error."""
@@ -247,15 +390,26 @@ class SecureTransportService(MultiService):
             self._watch.stop()
         if self._account_watch is not None and self._account_watch.running:
             self._account_watch.stop()
+        if self._resync is not None and self._resync.running:
+            self._resync.stop()
+        if self._listener is not None:
+            self._listener.stop(timeout=0)  # a daemon thread; it sees the flag within 0.5 s
+            self._listener = None
         runtime = self.runtime
         waits = [defer.maybeDeferred(port.stopListening) for port in self.ports]
         self.ports = []
+        d: defer.Deferred[Any] = defer.DeferredList(waits)
         if runtime is not None:
-            for session in list(runtime.open_sessions):
-                session.shutdown()
-        d = defer.DeferredList(waits)
+            runtime.draining = True
+            runtime.passive.closed = True
+            d.addCallback(lambda _: self.drain(runtime, self.config.server.shutdown_grace))
 
         def stop_pools(_: object) -> None:
+            if self._metrics_refresh is not None and self._metrics_refresh.running:
+                self._metrics_refresh.stop()
+            if self.metrics_port is not None:  # kept open while draining: /health said 503
+                self.metrics_port.stopListening()
+                self.metrics_port = None
             for pool in self._pools:
                 pool.stop()
             self._pools = []
@@ -267,6 +421,30 @@ class SecureTransportService(MultiService):
 
         d.addCallback(stop_pools)
         return d  # type: ignore[return-value]
+
+
+def sweep_min_age(config: Config) -> float:
+    """How old an upload temporary must be to be swept at start-up. On PostgreSQL the file
+    tree is shared by other live nodes: spare what may still be written (a live upload
+    writes at least every data_timeout, or is ended)."""
+    if config.server.users.startswith("postgresql://"):
+        return 2 * config.server.data_timeout
+    return 0.0
+
+
+def preload_modules(config: Config) -> None:
+    """Import what the optional features need while still root: the interpreter's own
+    files may be unreadable once twistd has dropped privileges."""
+    if config.metrics is not None:
+        import prometheus_client.multiprocess  # noqa: F401
+
+        import securetransport.metrics  # noqa: F401
+    if config.server.users.startswith("postgresql://"):
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+
+        import securetransport.cluster  # noqa: F401
+        import securetransport.pgstore  # noqa: F401
 
 
 def pid_is_root() -> bool:

@@ -40,6 +40,7 @@ class Options(usage.Options):
         except (TLSConfigError, TrustStoreError) as error:
             raise usage.UsageError(tls_problem(error, config)) from None
         self.refuse_root(config)
+        check_user_store(config)
 
     def refuse_root(self, config: Config) -> None:
         """Refuse to keep serving as root unless twistd drops privileges or the config says so."""
@@ -50,6 +51,20 @@ class Options(usage.Options):
                 "refusing to serve as root: give twistd --uid and --gid "
                 "(ports and keys are opened first), or set server.allow_root = true"
             )
+
+
+def check_user_store(config: Config) -> None:
+    """A PostgreSQL store must be reachable and on this program's schema (SPEC section 10):
+    otherwise one line naming the key, and `securetransport db upgrade` when it is older."""
+    if not config.server.users.startswith("postgresql://"):
+        return
+    from securetransport.pgstore import PostgreSQLUserStore
+    from securetransport.userstore import UserStoreError
+
+    try:
+        PostgreSQLUserStore(config.server.users, max_size=1).close()
+    except UserStoreError as error:
+        raise usage.UsageError(f"server.users: {error}") from None
 
 
 def tls_problem(error: Exception, config: Config) -> str:

@@ -345,7 +345,12 @@ if TYPE_CHECKING:
 
 
 def open_user_store(url: str) -> IUserStore:
-    """Open the store named by a URL: `sqlite:/absolute/path` (the folder is created)."""
+    """Open the store named by a URL: `sqlite:/absolute/path` (the folder is created), or
+    `postgresql://...` (securetransport.pgstore; the schema must be up to date)."""
+    if url.startswith("postgresql://"):
+        from securetransport.pgstore import PostgreSQLUserStore
+
+        return cast(IUserStore, PostgreSQLUserStore(url))
     scheme, sep, rest = url.partition(":")
     if not sep or scheme != "sqlite":
         raise UserStoreError(f"unsupported user store URL (want sqlite:/path): {url}")

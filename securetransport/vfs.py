@@ -31,6 +31,7 @@ import os
 import posixpath
 import secrets
 import stat as stat_module
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -1078,20 +1079,23 @@ class LocalFilesystem:
 # --- start-up helpers (blocking; call before the reactor runs or from a thread) -------
 
 
-def sweep_temporaries(home_root: Path) -> int:
+def sweep_temporaries(home_root: Path, min_age: float = 0.0) -> int:
     """Delete leftover upload temporaries (`.st-upload-*` files) below home_root.
 
     Symlinks are not followed. Returns how many were removed. Run it at start-up
-    only: on a home_root shared by several live servers it would cut their uploads.
+    only: on a home_root shared by several live servers it would cut their uploads,
+    unless `min_age` (seconds since the last write) spares those still being written.
     """
     removed = 0
+    now = time.time()
     for folder, dirnames, filenames in os.walk(os.fsencode(home_root)):
         for name in filenames + dirnames:
             if not name.startswith(_TEMPORARY_BYTES):
                 continue
             path = os.path.join(folder, name)
             try:
-                if stat_module.S_ISDIR(os.lstat(path).st_mode):
+                info = os.lstat(path)
+                if stat_module.S_ISDIR(info.st_mode) or now - info.st_mtime < min_age:
                     continue
                 os.unlink(path)
                 removed += 1

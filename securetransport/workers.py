@@ -225,6 +225,7 @@ class _WorkerProcess(protocol.ProcessProtocol):
         self.boot = boot
         self.ended: defer.Deferred[None] = defer.Deferred()
         self._partial = {1: b"", 2: b""}
+        self.pid: int | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -273,12 +274,17 @@ class WorkerSupervisor(MultiService):
         self._stopping = False
         self._started_once = False
         self._watch: TLSFileWatch | None = None
+        self.metrics_dir: str | None = None  # the workers' multiprocess metrics files
+        self.metrics_port: Any = None
 
     # ------------------------------------------------------------- start
 
     def privilegedStartService(self) -> None:
         """Before twistd drops privileges: bind the listeners (ports 21 and 990 need root)."""
+        from securetransport.service import preload_modules
+
         super().privilegedStartService()
+        preload_modules(self.config)
         self._bind()
 
     def _bind(self) -> None:
@@ -302,7 +308,10 @@ class WorkerSupervisor(MultiService):
         self._bind()
         server = self.config.server
         server.home_root.mkdir(parents=True, exist_ok=True)
-        swept = sweep_temporaries(server.home_root)  # once, before any worker uploads
+        from securetransport.service import sweep_min_age
+
+        # once, before any worker uploads (sparing other nodes' uploads on a shared tree)
+        swept = sweep_temporaries(server.home_root, sweep_min_age(self.config))
         if swept:
             log.info("removed {count} interrupted uploads", count=swept)
         self.limits = SharedLimits.create(
@@ -315,11 +324,29 @@ class WorkerSupervisor(MultiService):
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         except ValueError:  # not the main thread (tests)
             pass
+        if self.config.metrics is not None:
+            self._start_metrics()
         for index in range(self.count):
             self._spawn(index)
         if self.config.tls.enabled:
             self._watch = TLSFileWatch(self.config, self.reactor, self._reload_own_tls)
             self._watch.start()
+
+    def _start_metrics(self) -> None:
+        """One endpoint for the whole server: the workers' values, aggregated (metrics.py)."""
+        import tempfile
+
+        from securetransport.metrics import listen_metrics, multiprocess_render
+
+        folder = SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK) else Path("/tmp")
+        self.metrics_dir = tempfile.mkdtemp(prefix="securetransport-metrics-", dir=folder)
+        assert self.config.metrics is not None
+        self.metrics_port = listen_metrics(
+            self.reactor,
+            self.config.metrics,
+            multiprocess_render(self.metrics_dir),
+            lambda: self._stopping,
+        )
 
     def _limits_path(self) -> Path:
         folder = SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK) else Path("/tmp")
@@ -359,9 +386,14 @@ class WorkerSupervisor(MultiService):
         package_root = str(Path(securetransport.__file__).resolve().parent.parent)
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, "PYTHONPATH": package_root + (os.pathsep + path if path else "")}
+        if self.metrics_dir is not None:
+            from securetransport.metrics import MULTIPROC_ENV
+
+            env[MULTIPROC_ENV] = self.metrics_dir
         process = _WorkerProcess(self, index, self._boot())
         try:
             self.reactor.spawnProcess(process, sys.executable, args, env=env, childFDs=child_fds)
+            process.pid = getattr(process.transport, "pid", None)  # gone once it is reaped
         except OSError as problem:
             log.error(
                 "cannot start worker {index}: {python}: {error} (the user twistd runs as "
@@ -394,6 +426,11 @@ class WorkerSupervisor(MultiService):
             del self.processes[index]
         if self.limits is not None:
             self.limits.forget_worker(index)  # its sessions ended with it
+        pid = process.pid
+        if self.metrics_dir is not None and pid is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid, self.metrics_dir)  # its gauges no longer count
         if self._stopping:
             return
         status = reason.value
@@ -458,12 +495,23 @@ class WorkerSupervisor(MultiService):
                 log.warn("worker {index} did not stop; killing it", index=process.index)
                 self._signal(process, "KILL")
 
-        killer = self.reactor.callLater(STOP_SECONDS, kill_the_rest)
+        # Workers drain for up to server.shutdown_grace seconds before they stop.
+        killer = self.reactor.callLater(
+            STOP_SECONDS + self.config.server.shutdown_grace, kill_the_rest
+        )
         done = defer.DeferredList([process.ended for process in processes])
 
         def cleanup(_: object) -> None:
             if killer.active():
                 killer.cancel()
+            if self.metrics_port is not None:  # open while draining: /health said 503
+                self.metrics_port.stopListening()
+                self.metrics_port = None
+            if self.metrics_dir is not None:
+                import shutil
+
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
+                self.metrics_dir = None
             if self.limits is not None:
                 path = self.limits.path
                 self.limits.close()

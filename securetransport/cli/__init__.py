@@ -40,12 +40,12 @@ def config_path(args: argparse.Namespace) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from securetransport.cli import check, pki, policy, users
+    from securetransport.cli import check, db, pki, policy, users
 
     parser = argparse.ArgumentParser(prog="securetransport", description=__doc__.splitlines()[0])
     add_config_option(parser)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (check, users, pki, policy):
+    for module in (check, users, pki, policy, db):
         module.register(subparsers)
     return parser
 

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from securetransport.auth import IFTPAvatar
+from securetransport.config import ClassConfig
 from securetransport.ftp import parser
 from securetransport.ftp.channel import LocalControlChannel
 from securetransport.ftp.commands import COMMANDS, Group, check
@@ -83,6 +84,13 @@ class FTPSession(Protocol):
     @property
     def avatar(self) -> IFTPAvatar | None:
         return self.session.avatar if self.session is not None else None
+
+    protocol = "ftp"
+
+    @property
+    def klass(self) -> ClassConfig | None:
+        """The logged-in user's class (None before login)."""
+        return self.session.state.klass if self.session is not None else None
 
     @property
     def transfer(self) -> IRunningTransfer | None:

@@ -52,6 +52,10 @@ class SessionAudit:
             accepted=accepted,
         )
 
+    def refused(self, reply: int) -> None:
+        """A transfer refused before any data connection was used (521)."""
+        self.audit.event("refused", session=self.session_id, reply=reply)
+
     def user(
         self, decision: UserDecision, logged_name: dict[str, str | None], protected: bool
     ) -> None:

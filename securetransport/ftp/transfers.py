@@ -402,6 +402,7 @@ class TransferCommands:
         # now: PROT C, PASV, PROT P must not open a clear transfer.
         if klass is not None and klass.ssl == "mandatory" and data.tls is None:
             data.close()
+            session.audit.refused(Reply.PROT_NOT_ALLOWED)
             session.reply(
                 Reply.PROT_NOT_ALLOWED, "Data protection required for this account: use PROT P"
             )
