@@ -745,7 +745,7 @@ class MemoryFilesystemOnlyTests(SynchronousTestCase):
     def test_injected_write_failure(self) -> None:
         fs = MemoryFilesystem()
         fs.write_file("f", b"old")
-        upload = self.successResultOf(fs.open_upload("/f"))
+        upload: Any = self.successResultOf(fs.open_upload("/f"))
         upload.failure = FilesystemError("disk on fire")
         self.failureResultOf(upload.write(b"x"), FilesystemError)
         self.failureResultOf(upload.commit(), FilesystemError)

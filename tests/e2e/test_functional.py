@@ -7,7 +7,9 @@ class, `FunctionalTests` holds the tests and a mixin provides the connection:
 - `ExplicitTLSMixin`: AUTH TLS, PBSZ/PROT P, data connections resuming the control
   connection's TLS session (`ResumingFTP_TLS`: stock ftplib never resumes, and the
   default class has `session_reuse = "required"`);
-- `ImplicitTLSMixin`: TLS from the first byte on the implicit port, data protected.
+- `ImplicitTLSMixin`: TLS from the first byte on the implicit port, data protected;
+- `CertificateLoginMixin`: explicit TLS in a class where TLS is mandatory and a verified
+  client certificate is the only way in (USER answered 232, no password).
 
 Every session ends with the mixin's `check_channel`: the control connection was (or was
 not) TLS, and every data connection it opened was protected and resumed (or clear).
@@ -150,6 +152,34 @@ class ImplicitTLSMixin(_TLSChannel):
         return ftp
 
 
+MANDATORY_CERTIFICATE = """
+[[class]]
+name = "certificate-only"
+ssl = "mandatory"
+client_certificate = "verify"
+login = ["certificate"]
+session_reuse = "required"
+"""
+
+
+class CertificateLoginMixin(_TLSChannel):
+    """A class with TLS mandatory and certificate login only: AUTH TLS with alice's client
+    certificate, USER alice answered 232 (no PASS), then PROT P."""
+
+    server: LiveServer
+    server_options = {"classes": MANDATORY_CERTIFICATE}
+
+    def connect(self, user: str = "alice") -> ftplib.FTP:
+        context = client_context(self.server, certificate=user)
+        ftp = CountingExplicitFTP(context=context, timeout=30)
+        ftp.connect(HOST, self.server.explicit_port)
+        ftp.auth()
+        reply = ftp.sendcmd(f"USER {user}")
+        self.assertEqual(reply[:3], "232", reply)
+        self.assertEqual(ftp.prot_p()[:3], "200")
+        return ftp
+
+
 # ================================================================================= the suite
 
 
@@ -165,8 +195,10 @@ class FunctionalTests:
     assertTrue: Callable[..., None]  # noqa: N815
     assertFalse: Callable[..., None]  # noqa: N815
 
+    server_options: dict[str, Any] = {}  # LiveServer keywords (a mixin may set the classes)
+
     def setUp(self) -> None:
-        self.server = LiveServer(self).start()  # type: ignore[arg-type]
+        self.server = LiveServer(self, **self.server_options).start()  # type: ignore[arg-type]
         self.home = self.server.home()
 
     @defer.inlineCallbacks
@@ -394,7 +426,7 @@ class FunctionalTests:
             handle.truncate(512 * 1024 * 1024)  # sparse: far more than the socket buffers hold
         (self.home / "small.txt").write_bytes(b"after ABOR")
 
-        def work(ftp: ftplib.FTP) -> list[str]:
+        def work(ftp: ftplib.FTP) -> list[Any]:
             connection = ftp.transfercmd("RETR big.bin")
             connection.recv(65536)
             ftp.putcmd("ABOR")
@@ -567,4 +599,8 @@ class ExplicitTLSFunctionalTests(ExplicitTLSMixin, FunctionalTests, TestCase):
 
 
 class ImplicitTLSFunctionalTests(ImplicitTLSMixin, FunctionalTests, TestCase):
+    pass
+
+
+class CertificateLoginFunctionalTests(CertificateLoginMixin, FunctionalTests, TestCase):
     pass

@@ -36,7 +36,7 @@ from tests.ftp.test_protocol import BANNER, PEER, Client, Transport, address
 
 PASSWORD = "correct horse"
 EVERYONE = ClassConfig(
-    name="everyone", ssl="optional", client_certificate="none", login=("password",)
+    name="everyone", ssl="optional", client_certificate="off", login=("password",)
 )
 
 
