@@ -119,6 +119,7 @@ class FTPSession(Protocol):
         "quit_after_transfer",
         "reactor",
         "rest",
+        "reuse_member",
         "rnfr",
         "server",
         "session_id",
@@ -158,6 +159,7 @@ class FTPSession(Protocol):
         self.avatar: Any = None
         self.logout: Callable[[], None] | None = None
         self.klass: ClassConfig | None = None
+        self.reuse_member: Any = None  # tls.groups.GroupMember ("account" classes, logged in)
         self.commands_before_login = 0
         self.failed_logins = 0
         self.data_tls_refusals = 0
@@ -300,6 +302,9 @@ class FTPSession(Protocol):
         self._close()
 
     def _do_logout(self) -> None:
+        if self.reuse_member is not None:
+            self.server.reuse_groups.leave(self.reuse_member)
+            self.reuse_member = None
         if self.logout is not None:
             logout, self.logout = self.logout, None
             logout()
@@ -694,6 +699,14 @@ class FTPSession(Protocol):
         self.klass = decision.klass
         self.fs = avatar.filesystem
         self.cwd = "/"
+        if self.klass is not None and self.klass.session_reuse == "account" and self.protected:
+            self.reuse_member = self.server.reuse_groups.join(
+                self.peer,
+                name,
+                self._session_context(),
+                self.transport.getHandle(),  # type: ignore[union-attr]
+                self.handshake,
+            )
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         self._login_timer = None
@@ -1082,15 +1095,21 @@ class FTPSession(Protocol):
     def _data_tls(self) -> DataTLS | None:
         if not self.prot_private:
             return None
-        from securetransport.tls.context import connection_creator, handshake_info
-        from securetransport.tls.reuse import check_data_session
+        from securetransport.tls.groups import DataConnectionCreator
 
-        required = self.klass is None or self.klass.session_reuse == "required"
-        control = self.handshake
+        creator = DataConnectionCreator(
+            self._session_context(),
+            self.handshake,
+            self.klass.session_reuse if self.klass is not None else "required",
+            self.reuse_member,
+            self.server.reuse_groups,
+            self.reactor,
+            self._sibling_logging_in,
+        )
 
         def check(connection: Any) -> str | None:
-            info = handshake_info(connection)
-            problem: str | None = check_data_session(control, info, info.resumed, required)
+            result = creator.check(connection)
+            info = result.info
             self.server.audit.event(
                 "tls",
                 session=self.session_id,
@@ -1098,11 +1117,20 @@ class FTPSession(Protocol):
                 version=info.tls_version,
                 cipher=info.cipher,
                 resumed=info.resumed,
-                accepted=problem is None,
+                sibling=result.sibling,
+                accepted=result.problem is None,
             )
-            return problem
+            return result.problem
 
-        return DataTLS(connection_creator(self._session_context()), check)
+        return DataTLS(creator, check)
+
+    def _sibling_logging_in(self) -> bool:
+        """A TLS control connection from this address has yet to log in ("account" reuse)."""
+        return any(
+            other.peer == self.peer and other.protected and other.avatar is None
+            for other in self.server.open_sessions
+            if other is not self and not other.closing
+        )
 
     def _new_channel(self) -> DataChannel:
         if self.data is not None:
