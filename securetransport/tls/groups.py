@@ -298,7 +298,6 @@ class RoutedConnection:
         self.connection: SSL.Connection | None = None
         self.offer: SessionOffer | None = None
         self.chosen: Any = None  # what `route` returned beside the Context
-        self.waited = 0.0
         self._route = route
         self._protocol = tls_protocol
         self._reactor = reactor
@@ -306,6 +305,7 @@ class RoutedConnection:
         self._received = bytearray()
         self._app_data: Any = None
         self._timer: Any = None
+        self._deadline: float | None = None
         self._ended = False
 
     def set_accept_state(self) -> None:
@@ -336,6 +336,8 @@ class RoutedConnection:
         assert self.offer is not None
         routed = self._route(self.offer, final)
         if routed is None:
+            if self._deadline is None:
+                self._deadline = self._reactor.seconds() + self._wait
             self._timer = self._reactor.callLater(SIBLING_POLL, self._again)
             return
         context, self.chosen = routed
@@ -351,8 +353,8 @@ class RoutedConnection:
         self._timer = None
         if self._ended:
             return
-        self.waited += SIBLING_POLL
-        self._decide(final=self.waited >= self._wait)
+        assert self._deadline is not None
+        self._decide(final=self._reactor.seconds() >= self._deadline)
         if self.connection is not None:
             self._protocol.dataReceived(b"")
 
