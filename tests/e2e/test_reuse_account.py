@@ -23,8 +23,10 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
+from hardening.server import DEFAULT_CLASSES
 from securetransport.tls.groups import SIBLING_LOGIN_WAIT
 from securetransport.tls.reuse import NOT_FROM_ACCOUNT, OFFERED_OTHER
+from tests.e2e import test_ftps
 from tests.e2e.ftps_clients import (
     HOST,
     VERSION_NAMES,
@@ -361,3 +363,19 @@ class HandedSessionTests(TestCase):
             self.assertIn(OFFERED_OTHER, reply)
             self.assertEqual(out["own"][0], self.payload)
         self.assertFalse(any(e["sibling"] for e in events(server, "tls", channel="data")))
+
+
+class AccountHijackTests(test_ftps.HijackTests):
+    """The passive-port race of test_ftps, against an "account" class: an attacker from
+    the same address who only did AUTH TLS offers its own session on the victim's data
+    port. It is not logged in, so its session is never routed: after the wait for its
+    login, 522; the victim's data stays its own."""
+
+    timeout = 90
+
+    def setUp(self) -> None:
+        classes = DEFAULT_CLASSES.replace('session_reuse = "required"', 'session_reuse = "account"')
+        assert 'session_reuse = "account"' in classes
+        self.server = LiveServer(self, classes=classes).start()
+        self.secret = b"VICTIM-SECRET-" + os.urandom(256 * 1024)
+        (self.server.home() / "secret.bin").write_bytes(self.secret)
