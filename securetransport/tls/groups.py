@@ -145,6 +145,20 @@ def read_session_offer(data: bytes) -> SessionOffer | None:
     return NO_OFFER if len(data) > MAX_CLIENT_HELLO + 1024 else None
 
 
+def bytes_wanted(data: bytes | bytearray) -> int:
+    """How many bytes `data` must hold before `read_session_offer` can tell more: the end
+    of the first incomplete TLS record (a client sending one byte at a time costs one
+    parse per record header and one per record, not one per byte)."""
+    end = 0
+    for _ in range(64):
+        if end + 5 > len(data):
+            return end + 5
+        end += 5 + int.from_bytes(data[end + 3 : end + 5], "big")
+        if end > len(data):
+            return end
+    return len(data) + 1
+
+
 def _parse_client_hello(message: bytes) -> SessionOffer:
     hello = _Reader(message)
     hello.take(2 + 32)  # legacy_version, random
@@ -303,6 +317,7 @@ class RoutedConnection:
         self._reactor = reactor
         self._wait = wait if reactor is not None and tls_protocol is not None else 0.0
         self._received = bytearray()
+        self._wanted = 5  # bytes before the next attempt to read the ClientHello
         self._app_data: Any = None
         self._timer: Any = None
         self._deadline: float | None = None
@@ -323,10 +338,11 @@ class RoutedConnection:
         if self.connection is not None:
             return self.connection.bio_write(data) if data else 0
         self._received += data
-        if self.offer is not None:
-            return len(data)  # waiting for a sibling's login; the bytes wait too
+        if self.offer is not None or len(self._received) < self._wanted:
+            return len(data)  # an incomplete record; or waiting for a sibling's login
         offer = read_session_offer(bytes(self._received))
         if offer is None:
+            self._wanted = bytes_wanted(self._received)
             return len(data)
         self.offer = offer
         self._decide(final=self._wait <= 0)

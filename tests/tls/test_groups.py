@@ -144,6 +144,41 @@ class ReadSessionOfferTests(SynchronousTestCase):
             read_session_offer(b"\x16" + os.urandom(rng.randrange(600)))
 
 
+class ByteByByteTests(SynchronousTestCase):
+    """A ClientHello that arrives one byte at a time is read twice per TLS record."""
+
+    def test_one_read_per_record(self) -> None:
+        from securetransport.tls import groups as groups_module
+        from tests.tls.helpers import make_pki
+
+        factory = make_pki().factory()
+        control = Control(factory, TLS13)
+        hello = client_hello(control.client_ctx, control.session())
+        body = hello[5:]
+        split = b"".join(
+            hello[:3] + len(part).to_bytes(2, "big") + part
+            for part in (body[:300], body[300:900], body[900:])
+        )
+        self.assertEqual(groups_module.bytes_wanted(split[:3]), 5)
+        self.assertEqual(groups_module.bytes_wanted(split[:10]), 305)
+        self.assertEqual(groups_module.bytes_wanted(split[:305]), 310)
+        reads: list[int] = []
+        real_read = groups_module.read_session_offer
+
+        def counting(data: bytes) -> Any:
+            reads.append(len(data))
+            return real_read(data)
+
+        self.patch(groups_module, "read_session_offer", counting)
+        routed = RoutedConnection(lambda offer, final: (control.context, offer))
+        for index in range(len(split)):
+            self.assertEqual(routed.bio_write(split[index : index + 1]), 1)
+        # Once a record header is in, once the record is: never once per byte.
+        self.assertEqual(reads, [5, 305, 310, 910, 915, len(split)])
+        self.assertIsNotNone(routed.connection)
+        self.assertEqual(routed.chosen.key_names, (ticket_key_name(control.context),))
+
+
 class ChooseMemberTests(SynchronousTestCase):
     """The routing rule, by table."""
 
