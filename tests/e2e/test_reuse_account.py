@@ -296,6 +296,13 @@ class HandedSessionTests(TestCase):
         out["other_account"] = retr(alice, "f.bin")
         alice.offer = None
         out["own"] = retr(alice, "f.bin")
+        # REIN logs the sibling out: its session stops counting (the data connection first
+        # waits for its login, in vain), and counts again once it has logged in again.
+        out["rein"] = sibling.sendcmd("REIN")
+        alice.offer = sibling.sock.session
+        out["after_rein"] = retr(alice, "f.bin")
+        sibling.login("alice", PASSWORD)
+        out["relogin"] = retr(alice, "f.bin")
         gone = sibling.sock.session
         out["sibling_quit"] = sibling.quit()
         alice.offer = gone
@@ -326,20 +333,31 @@ class HandedSessionTests(TestCase):
         self.assertEqual(out["sibling"], (self.payload, out["sibling"][1]))
         self.assertTrue(out["sibling"][1].startswith("226"), out["sibling"])
         self.assertEqual(out["own"][0], self.payload)
-        for case in ("other_account", "not_logged_in", "after_quit"):
+        self.assertTrue(out["rein"].startswith("220"), out["rein"])
+        self.assertEqual(out["relogin"][0], self.payload)
+        for case in ("other_account", "after_rein", "not_logged_in", "after_quit"):
             received, reply = out[case]
             self.assertEqual(received, b"", case)
             self.assertTrue(reply.startswith("522 "), (case, reply))
             self.assertIn(NOT_FROM_ACCOUNT, reply, case)
-        # The client resumed twice (the sibling's session, then its own); the refused
-        # handshakes were full ones (TLS 1.2: cut before the server's Finished).
+        # The client resumed three times (the sibling's session, its own, the sibling's
+        # again); the refused handshakes were full ones (TLS 1.2: cut before the server's
+        # Finished, so the client saw no handshake end at all).
         self.assertEqual(out["resumed"][0], True)
-        self.assertEqual([r for r in out["resumed"] if r], [True, True])
+        self.assertEqual([r for r in out["resumed"] if r], [True, True, True])
         self.assertTrue(out["noop"].startswith("200"))
         data = events(server, "tls", channel="data")
         self.assertEqual(
             [(e["accepted"], e["sibling"]) for e in data],
-            [(True, True), (False, False), (True, False), (False, False), (False, False)],
+            [
+                (True, True),  # the sibling's session
+                (False, False),  # bob's
+                (True, False),  # its own
+                (False, False),  # the sibling's, after REIN
+                (True, True),  # the sibling's, logged in again
+                (False, False),  # the sibling's, after QUIT
+                (False, False),  # a connection that never logged in
+            ],
         )
         self.assertGreaterEqual(out["waited"], SIBLING_LOGIN_WAIT - 0.5)
         self.assertEqual({e["version"] for e in data}, {VERSION_NAMES[version]})
