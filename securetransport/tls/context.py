@@ -475,7 +475,7 @@ def ticket_key_name(context: SSL.Context) -> bytes:
     """The name of the key `context` encrypts session tickets with (b"" if it issues none).
 
     OpenSSL starts every ticket with this 16-byte name and gives no API to read it, so
-    one TLS 1.3 handshake in memory asks `context` for a ticket (about 1 ms). That
+    one TLS 1.3 handshake in memory asks `context` for a ticket (1 to 3 ms). That
     Connection is never a control connection: call this only after the first one.
     """
     client_context = SSL.Context(SSL.TLS_CLIENT_METHOD)
