@@ -18,6 +18,7 @@ from securetransport.audit import AuditLog, XferLog
 from securetransport.config import Config, ServerConfig
 from securetransport.ftp.passive import PassivePortProvider
 from securetransport.limits import LoginGuard, LoginGuardLike, SessionCounter, SessionCounterLike
+from securetransport.tls.groups import SessionGroups
 from securetransport.tls.material import TLSRuntime
 
 __all__ = ["IWorkerRole", "ServerRuntime", "TLSRuntime"]
@@ -60,3 +61,4 @@ class ServerRuntime:
     failure_delay_base: float = 1.0  # seconds; tests may shorten it
     open_sessions: set[Any] = field(default_factory=set)
     draining: bool = False  # SIGTERM: no new sessions or transfers; /health says 503
+    reuse_groups: SessionGroups = field(default_factory=SessionGroups)  # "account" classes

@@ -592,7 +592,7 @@ class ValueTests(SynchronousTestCase):
         )
         self.assertProblem(
             {"class": [{"name": "a", "session_reuse": True}], "tls": valid_tls()},
-            'class[1].session_reuse: must be "required" or "off", got true',
+            'class[1].session_reuse: must be "required", "account" or "off", got true',
         )
 
     def test_class_addresses(self) -> None:

@@ -179,6 +179,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 {
                     "class": without.klass.name if without.klass else None,
                     "matched": without.matched,
+                    "session_reuse": without.klass.session_reuse if without.klass else None,
                     "certificate": (
                         {"reply": with_certificate.reply, "text": with_certificate.text}
                         if with_certificate is not None
@@ -193,6 +194,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print("class: none")
     else:
         print(f"class: {without.klass.name} (matched: {without.matched})")
+        print(f"session_reuse: {without.klass.session_reuse}")
     if with_certificate is None:
         print("certificate: none given")
     else:

@@ -109,7 +109,9 @@ class FTPSession(Protocol):
 
     # ------------------------------------------------------------------- connection
     def connectionMade(self) -> None:
-        channel = LocalControlChannel(self.transport, self.server, self._drop_input)
+        channel = LocalControlChannel(
+            self.transport, self.server, self._drop_input, self._sibling_logging_in
+        )
         channel.tune()
         self.channel = channel
         session_id = f"{channel.peer}:{channel.peer_port}-{int(time.time() * 1000) % 10**9}"
@@ -180,6 +182,19 @@ class FTPSession(Protocol):
 
     def stopProducing(self) -> None:
         """The connection is going away: connectionLost does the rest."""
+
+    def _sibling_logging_in(self) -> bool:
+        """A TLS control connection from this address has yet to log in ("account" reuse:
+        a data connection may be offering that connection's session)."""
+        me = self.session
+        assert me is not None
+        for other in self.server.open_sessions:
+            theirs = other.session
+            if other is self or theirs is None or theirs.closing:
+                continue
+            if theirs.peer == me.peer and theirs.state.protected and not theirs.state.logged_in:
+                return True
+        return False
 
     # ------------------------------------------------------------------- input
     def _drop_input(self) -> None:
