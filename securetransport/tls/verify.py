@@ -31,7 +31,9 @@ from __future__ import annotations
 import datetime
 import hashlib
 import re
+import threading
 import unicodedata
+import weakref
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +60,8 @@ Reason = Literal[
 ]
 
 # X509_V_FLAG_NO_CHECK_TIME (OpenSSL >= 1.1.0): pyOpenSSL does not name it. Dates are
-# checked here, so path building must not stop at the first date error.
+# checked here, so path building must not stop at the first date error, and the stores
+# can be reused at any time (X509Store.set_time cannot be changed once set).
 _NO_CHECK_TIME: Final = 0x200000
 
 _REVOKED: Final = 23  # X509_V_ERR_CERT_REVOKED
@@ -308,25 +311,80 @@ def _parse_leaf(der: bytes) -> _Leaf:
     return _Leaf(cert, subject, common_name, emails, eku)
 
 
-def _store(trust: TrustStore, now: datetime.datetime, flags: int, crls: bool) -> crypto.X509Store:
+def _new_store(
+    cas: Sequence[x509.Certificate], crls: Sequence[x509.CertificateRevocationList], flags: int
+) -> crypto.X509Store:
+    """An OpenSSL store that never looks at the clock: dates are judged here, at `now`."""
     store = crypto.X509Store()
-    for ca in trust.cas:
+    for ca in cas:
         store.add_cert(crypto.X509.from_cryptography(ca))
-    if crls:
-        for item in trust.crls:
-            store.add_crl(item.crl)
-    store.set_flags(flags | crypto.X509StoreFlags.PARTIAL_CHAIN)
-    store.set_time(now.replace(tzinfo=None))  # pyOpenSSL reads the fields as UTC
+    for crl in crls:
+        store.add_crl(crl)
+    store.set_flags(flags | crypto.X509StoreFlags.PARTIAL_CHAIN | _NO_CHECK_TIME)
+    return store
+
+
+@dataclass
+class _Stores:
+    """The OpenSSL stores of one TrustStore, built once (see `_stores`).
+
+    `revocation` holds the store with the CRLs valid at some second, and which those are
+    (indexes into `TrustStore.crls`); it is replaced when that set changes.
+    """
+
+    anchors: crypto.X509Store
+    windows: tuple[tuple[datetime.datetime, datetime.datetime | None], ...]
+    revocation: tuple[tuple[int, ...], crypto.X509Store] | None = None
+
+
+# A parsed 5 MB CRL takes hundreds of milliseconds to load into a store: keep the stores
+# as long as their TrustStore lives (a reload makes a new one), not one per verification.
+_STORES: weakref.WeakKeyDictionary[TrustStore, _Stores] = weakref.WeakKeyDictionary()
+_STORES_LOCK = threading.Lock()
+
+
+def _stores(trust: TrustStore) -> _Stores:
+    with _STORES_LOCK:
+        stores = _STORES.get(trust)
+        if stores is None:
+            windows = tuple((c.crl.last_update_utc, c.crl.next_update_utc) for c in trust.crls)
+            stores = _Stores(_new_store(trust.cas, (), 0), windows)
+            _STORES[trust] = stores
+        return stores
+
+
+def _revocation_store(trust: TrustStore, now: datetime.datetime) -> crypto.X509Store:
+    """The CAs and the CRLs valid at `now`, with CRL checking.
+
+    OpenSSL's own CRL date check is replaced by choosing the CRLs here, with its bounds:
+    lastUpdate <= now <= nextUpdate in whole seconds. A certificate whose issuer has no
+    CRL valid at `now` then gets "unable to get CRL": "revocation unknown", as an expired
+    or not yet valid CRL gave.
+    """
+    stores = _stores(trust)
+    second = now.replace(microsecond=0)
+    valid = tuple(
+        index
+        for index, (last, next_update) in enumerate(stores.windows)
+        if last <= second and (next_update is None or second <= next_update)
+    )
+    cached = stores.revocation
+    if cached is not None and cached[0] == valid:
+        return cached[1]
+    store = _new_store(
+        trust.cas, [trust.crls[index].crl for index in valid], crypto.X509StoreFlags.CRL_CHECK
+    )
+    stores.revocation = (valid, store)
     return store
 
 
 def _chain_to_anchor(
-    leaf: crypto.X509, others: list[crypto.X509], trust: TrustStore, now: datetime.datetime
+    leaf: crypto.X509, others: list[crypto.X509], trust: TrustStore
 ) -> list[x509.Certificate] | None:
     """The certification path leaf .. anchor, dates not checked; None if it does not chain."""
     if not trust.cas:
         return None
-    context = crypto.X509StoreContext(_store(trust, now, _NO_CHECK_TIME, False), leaf, others)
+    context = crypto.X509StoreContext(_stores(trust).anchors, leaf, others)
     try:
         context.verify_certificate()
     except crypto.X509StoreContextError:
@@ -350,7 +408,7 @@ def _revocation(
     now: datetime.datetime,
 ) -> Reason | None:
     """Check each certificate below the anchor against its issuer's CRLs (OpenSSL)."""
-    store = _store(trust, now, crypto.X509StoreFlags.CRL_CHECK, True)
+    store = _revocation_store(trust, now)
     for cert in path[:-1]:
         target = crypto.X509.from_cryptography(cert)
         try:
@@ -431,7 +489,7 @@ def _verify(
     except (ValueError, TypeError, crypto.Error):
         return unparseable
 
-    path = _chain_to_anchor(leaf_x509, others, trust, now)
+    path = _chain_to_anchor(leaf_x509, others, trust)
     chains_to_ca = path is not None
     if path is None:
         if not pinned:
