@@ -34,6 +34,7 @@ import re
 import threading
 import unicodedata
 import weakref
+from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,22 +326,32 @@ def _new_store(
 
 
 @dataclass
-class _Stores:
-    """The OpenSSL stores of one TrustStore, built once (see `_stores`).
+class _Revocation:
+    """The store with the CRLs valid at some second (`valid`: indexes into
+    `TrustStore.crls`), and the answers it gave, by presented chain (see `_revocation`)."""
 
-    `revocation` holds the store with the CRLs valid at some second, and which those are
-    (indexes into `TrustStore.crls`); it is replaced when that set changes.
-    """
+    valid: tuple[int, ...]
+    store: crypto.X509Store
+    answers: OrderedDict[bytes, Reason | None] = field(default_factory=OrderedDict)
+
+
+@dataclass
+class _Stores:
+    """The OpenSSL stores of one TrustStore, built once (see `_stores`); `revocation` is
+    replaced when the set of CRLs valid at `now` changes."""
 
     anchors: crypto.X509Store
     windows: tuple[tuple[datetime.datetime, datetime.datetime | None], ...]
-    revocation: tuple[tuple[int, ...], crypto.X509Store] | None = None
+    revocation: _Revocation | None = None
 
 
-# A parsed 5 MB CRL takes hundreds of milliseconds to load into a store: keep the stores
-# as long as their TrustStore lives (a reload makes a new one), not one per verification.
+# A parsed 5 MB CRL takes hundreds of milliseconds to load into a store, and OpenSSL
+# still spends milliseconds on it at each check: keep the stores as long as their
+# TrustStore lives (a reload makes a new one), and the answers for the chains last seen.
 _STORES: weakref.WeakKeyDictionary[TrustStore, _Stores] = weakref.WeakKeyDictionary()
 _STORES_LOCK = threading.Lock()
+REVOCATION_ANSWERS: Final = 1024
+"""Revocation answers kept per trust set (the chains last checked)."""
 
 
 def _stores(trust: TrustStore) -> _Stores:
@@ -353,7 +364,7 @@ def _stores(trust: TrustStore) -> _Stores:
         return stores
 
 
-def _revocation_store(trust: TrustStore, now: datetime.datetime) -> crypto.X509Store:
+def _revocation_store(trust: TrustStore, now: datetime.datetime) -> _Revocation:
     """The CAs and the CRLs valid at `now`, with CRL checking.
 
     OpenSSL's own CRL date check is replaced by choosing the CRLs here, with its bounds:
@@ -369,13 +380,13 @@ def _revocation_store(trust: TrustStore, now: datetime.datetime) -> crypto.X509S
         if last <= second and (next_update is None or second <= next_update)
     )
     cached = stores.revocation
-    if cached is not None and cached[0] == valid:
-        return cached[1]
+    if cached is not None and cached.valid == valid:
+        return cached
     store = _new_store(
         trust.cas, [trust.crls[index].crl for index in valid], crypto.X509StoreFlags.CRL_CHECK
     )
-    stores.revocation = (valid, store)
-    return store
+    stores.revocation = revocation = _Revocation(valid, store)
+    return revocation
 
 
 def _chain_to_anchor(
@@ -401,22 +412,47 @@ def _dates(path: Sequence[x509.Certificate], now: datetime.datetime) -> Reason |
     return None
 
 
+def _chain_digest(chain: Sequence[bytes]) -> bytes:
+    digest = hashlib.sha256()
+    for der in chain:
+        data = bytes(der)
+        digest.update(len(data).to_bytes(4, "big") + data)
+    return digest.digest()
+
+
 def _revocation(
+    chain: Sequence[bytes],
     path: Sequence[x509.Certificate],
     others: list[crypto.X509],
     trust: TrustStore,
     now: datetime.datetime,
 ) -> Reason | None:
-    """Check each certificate below the anchor against its issuer's CRLs (OpenSSL)."""
-    store = _revocation_store(trust, now)
+    """Check each certificate below the anchor against its issuer's CRLs (OpenSSL).
+
+    The answer depends only on the presented chain (which, with the trust set, gives
+    `path` and `others`) and the store of the CRLs valid at `now`: it is kept with
+    that store and reused for the same chain.
+    """
+    revocation = _revocation_store(trust, now)
+    key = _chain_digest(chain)
+    with _STORES_LOCK:
+        if key in revocation.answers:
+            revocation.answers.move_to_end(key)
+            return revocation.answers[key]
+    reason: Reason | None = None
     for cert in path[:-1]:
         target = crypto.X509.from_cryptography(cert)
         try:
-            crypto.X509StoreContext(store, target, others).verify_certificate()
+            crypto.X509StoreContext(revocation.store, target, others).verify_certificate()
         except crypto.X509StoreContextError as error:
             code = error.errors[0] if error.errors else None
-            return "revoked" if code == _REVOKED else "revocation unknown"
-    return None
+            reason = "revoked" if code == _REVOKED else "revocation unknown"
+            break
+    with _STORES_LOCK:
+        revocation.answers[key] = reason
+        while len(revocation.answers) > REVOCATION_ANSWERS:
+            revocation.answers.popitem(last=False)
+    return reason
 
 
 def verify_certificate(
@@ -501,5 +537,5 @@ def _verify(
     if reason is None and leaf.eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in leaf.eku:
         reason = "wrong usage"
     if reason is None and chains_to_ca and trust.checks_revocation:
-        reason = _revocation(path, others, trust, now)
+        reason = _revocation(chain, path, others, trust, now)
     return verdict(reason, chains_to_ca)

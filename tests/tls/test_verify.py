@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -784,6 +785,34 @@ class StoreReuseTests(SynchronousTestCase):
         reloaded = trust(p.root[0], crls=(crl(p.root, (p.alice.serial_number,)),))
         self.assertEqual(verify([p.alice], reloaded).reason, "revoked")  # a new set: new stores
         self.assertLessEqual(len(made), 4)
+
+    def test_a_chain_checked_again_is_answered_from_memory(self) -> None:
+        """OpenSSL spends milliseconds per check on a large CRL: the revocation answer for
+        a chain is kept with the store of the CRLs valid now (a USER repeats the check)."""
+        p = pki()
+        store = trust(p.root[0], crls=(crl(p.root, (p.revoked.serial_number,)), crl(p.inter)))
+        contexts: list[object] = []
+        original = crypto.X509StoreContext
+
+        def counting(*args: Any) -> crypto.X509StoreContext:
+            contexts.append(args[0])
+            return original(*args)
+
+        self.patch(crypto, "X509StoreContext", counting)
+        for _ in range(5):
+            self.assertTrue(verify([p.via_inter, p.inter[0]], store).good)
+            self.assertEqual(verify([p.revoked], store).reason, "revoked")
+        # each call builds its path (10); the revocation checks ran once per chain (2 + 1)
+        self.assertEqual(len(contexts), 10 + 3)
+        # Past the root CRL's next update the set differs: nothing is answered from memory.
+        short = trust(
+            p.root[0],
+            crls=(crl(p.root, (p.revoked.serial_number,), next=NOW + 10 * DAY), crl(p.inter)),
+        )
+        for now, reason in [(NOW, "revoked"), (NOW + 11 * DAY, "revocation unknown")] * 2:
+            self.assertEqual(verify([p.revoked], short, now=now).reason, reason, now)
+        for now, reason in [(NOW, None), (NOW + 11 * DAY, "revocation unknown")] * 2:
+            self.assertEqual(verify([p.via_inter, p.inter[0]], short, now=now).reason, reason)
 
     def test_verdicts_follow_now_with_a_reused_store(self) -> None:
         """CRL and certificate dates are judged at each call's `now`, in any order, with
