@@ -46,14 +46,16 @@ def load_tls(config: Config, previous: TLSRuntime | None = None) -> TLSRuntime |
     credentials = load_server_credentials(config.tls)
     from datetime import UTC, datetime
 
-    from securetransport.tls.verify import crl_warnings
+    from securetransport.tls.verify import crl_warnings, prepare_stores
 
+    now = datetime.now(UTC)
     for warning in (
         *credentials.warnings,
         *trust.warnings,
-        *crl_warnings(trust, datetime.now(UTC)),
+        *crl_warnings(trust, now),
     ):
         log.warn("{text}", text=warning)
+    prepare_stores(trust, now)
     return TLSRuntime(contexts=SessionContextFactory(credentials), trust=trust)
 
 

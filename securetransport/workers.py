@@ -23,6 +23,7 @@ With workers > 1 the twistd process is a `WorkerSupervisor`:
 
 from __future__ import annotations
 
+import datetime
 import os
 import pickle
 import signal
@@ -130,7 +131,7 @@ def tls_material(tls: TLSRuntime | None) -> TLSMaterial | None:
 def tls_runtime(material: TLSMaterial | None) -> TLSRuntime | None:
     """Rebuild the TLS runtime from the supervisor's material, reading no file."""
     from securetransport.tls.context import ServerCredentials, SessionContextFactory
-    from securetransport.tls.verify import LoadedCRL, TrustStore
+    from securetransport.tls.verify import LoadedCRL, TrustStore, prepare_stores
 
     if material is None:
         return None
@@ -148,6 +149,7 @@ def tls_runtime(material: TLSMaterial | None) -> TLSRuntime | None:
             LoadedCRL(Path(path), x509.load_der_x509_crl(der)) for path, der in material.crls
         ),
     )
+    prepare_stores(trust, datetime.datetime.now(datetime.UTC))
     return TLSRuntime(contexts=SessionContextFactory(credentials), trust=trust)
 
 

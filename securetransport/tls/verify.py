@@ -412,6 +412,15 @@ def _dates(path: Sequence[x509.Certificate], now: datetime.datetime) -> Reason |
     return None
 
 
+def prepare_stores(trust: TrustStore, now: datetime.datetime) -> None:
+    """Build the OpenSSL stores of `trust` (CRLs valid at `now`) where it is loaded, so
+    the first verification does not pay for parsing the CRLs into them."""
+    if trust.cas:
+        _stores(trust)
+        if trust.checks_revocation:
+            _revocation_store(trust, _utc(now))
+
+
 def _chain_digest(chain: Sequence[bytes]) -> bytes:
     digest = hashlib.sha256()
     for der in chain:

@@ -36,6 +36,7 @@ from securetransport.tls.verify import (
     TrustStoreError,
     crl_warnings,
     load_trust_store,
+    prepare_stores,
     verify_certificate,
 )
 from securetransport.userstore import certificate_fingerprint
@@ -785,6 +786,15 @@ class StoreReuseTests(SynchronousTestCase):
         reloaded = trust(p.root[0], crls=(crl(p.root, (p.alice.serial_number,)),))
         self.assertEqual(verify([p.alice], reloaded).reason, "revoked")  # a new set: new stores
         self.assertLessEqual(len(made), 4)
+
+    def test_stores_prepared_where_the_trust_set_is_loaded(self) -> None:
+        p = pki()
+        store = trust(p.root[0], crls=(crl(p.root, (p.revoked.serial_number,)),))
+        prepare_stores(store, NOW)
+        made = self.count_stores()
+        self.assertTrue(verify([p.alice], store).good)
+        self.assertEqual(verify([p.revoked], store).reason, "revoked")
+        self.assertEqual(made, [])
 
     def test_a_chain_checked_again_is_answered_from_memory(self) -> None:
         """OpenSSL spends milliseconds per check on a large CRL: the revocation answer for
