@@ -72,6 +72,7 @@ class ServerProcess:
     `run_as`: (uid, gid) for twistd's --uid/--gid (the folder is handed to that user);
     "auto" (the default): "nobody" when started as root, as a real deployment would,
     else the current user. `file_size_limit`: RLIMIT_FSIZE in bytes for the server.
+    `extra_server` and `extra_tls`: TOML lines added to `[server]` and `[tls]`.
     """
 
     run_as: tuple[int, int] | None
@@ -82,6 +83,7 @@ class ServerProcess:
         *,
         users: tuple[str, ...] = ("alice", "bob"),
         extra_server: str = "",
+        extra_tls: str = "",
         classes: str = DEFAULT_CLASSES,
         upload_mode: str = "atomic",
         listen_address: str = "127.0.0.1",
@@ -94,6 +96,7 @@ class ServerProcess:
         self.root = root.absolute()
         self.users = users
         self.extra_server = extra_server
+        self.extra_tls = extra_tls
         self.classes = classes
         self.upload_mode = upload_mode
         self.listen_address = listen_address
@@ -165,6 +168,7 @@ certificate = "pki/server.crt"
 private_key = "pki/server.key"
 client_ca = "pki/ca.crt"
 certificate_user = "common-name"
+{self.extra_tls}
 
 {self.classes}
 """
