@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hardening import unprivileged
 from securetransport.config import load_config
 from securetransport.passwords import hash_password
 from securetransport.pki import init_pki
@@ -193,13 +194,18 @@ certificate_user = "common-name"
             raise ServerError("already running")
         self._write_config()
         args = [twistd_path(), "-n", "--pidfile="]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.run_as is not None:
             uid, gid = self.run_as
             for parent in self.root.parents:
                 if not parent.stat().st_mode & 0o001:
                     raise ServerError(f"{parent} is not searchable by uid {uid}: use another root")
             _chown_tree(self.root, uid, gid)
+            # After the drop it still imports: from copies it can read, not the checkout.
+            python = unprivileged.runtime()
+            args = [*python.twistd_command(), "-n", "--pidfile="]
             args += ["--uid", str(uid), "--gid", str(gid)]
+            env = python.env(env)
         args += ["securetransport", "--config", str(self.config_path)]
         limit = self.file_size_limit
         preexec: Callable[[], None] | None = None
@@ -218,7 +224,7 @@ certificate_user = "common-name"
                 stdin=subprocess.DEVNULL,
                 cwd=str(self.root),
                 preexec_fn=preexec,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env=env,
             )
         finally:
             log.close()
