@@ -230,9 +230,15 @@ class ExplainTests(SynchronousTestCase):
         self.assertIn(str(missing), self.assertOneLineError("alice", config=missing))
         bad = self.folder / "bad.toml"
         bad.write_text('[server]\nbannr = 1\numask = "9"\n')
-        err = self.assertOneLineError("alice", config=bad)
-        self.assertIn("server.bannr", err)
-        self.assertIn("1 more", err)
+        # One line per problem, no summary (SPEC 2, issue #9.11).
+        self.config = bad
+        code, out, err = self.explain("alice")
+        self.assertEqual((code, out), (1, ""))
+        self.assertNotIn("Traceback", err)
+        lines = err.splitlines()
+        self.assertEqual(len(lines), 2, err)
+        self.assertIn("server.bannr: unknown key", lines[0])
+        self.assertIn("server.umask: ", lines[1])
 
     def test_bad_client_ca(self) -> None:
         (self.folder / "pki" / "ca.crt").write_text("garbage")
