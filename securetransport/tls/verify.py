@@ -36,7 +36,7 @@ import unicodedata
 import weakref
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, Literal
 
@@ -108,6 +108,9 @@ class CertificateVerdict:
     `subject` is an RFC 4514 string with control characters escaped (safe for logs);
     `common_name` is the raw CN value (None when the subject holds none or several).
     `fingerprint` is the SHA-256 of the leaf as presented, 64 lowercase hex digits.
+    `if_pinned` is what `reason` would be on an account that pins the leaf (it differs
+    only for a chain that does not reach `tls.client_ca`): `with_pins` uses it to judge
+    the chain for an account without verifying it again.
     """
 
     presented: bool
@@ -115,6 +118,7 @@ class CertificateVerdict:
     chains_to_ca: bool = False
     pinned: bool = False
     reason: Reason | None = None
+    if_pinned: Reason | None = None
     fingerprint: str | None = None
     subject: str | None = None
     common_name: str | None = None
@@ -122,6 +126,8 @@ class CertificateVerdict:
 
 
 NOT_PRESENTED: Final = CertificateVerdict(presented=False)
+# Failures that no pin changes.
+_STRUCTURAL: Final[frozenset[str]] = frozenset({"unparseable", "chain too long"})
 
 
 # --- loading --------------------------------------------------------------------------
@@ -511,13 +517,16 @@ def _verify(
     except (ValueError, TypeError, crypto.Error):
         return unparseable
 
-    def verdict(reason: Reason | None, chains_to_ca: bool = False) -> CertificateVerdict:
+    def verdict(
+        reason: Reason | None, chains_to_ca: bool = False, if_pinned: Reason | None = None
+    ) -> CertificateVerdict:
         return CertificateVerdict(
             presented=True,
             good=reason is None,
             chains_to_ca=chains_to_ca,
             pinned=pinned,
             reason=reason,
+            if_pinned=if_pinned if reason == "untrusted" else reason,
             fingerprint=fingerprint,
             subject=leaf.subject,
             common_name=leaf.common_name,
@@ -537,9 +546,7 @@ def _verify(
     path = _chain_to_anchor(leaf_x509, others, trust)
     chains_to_ca = path is not None
     if path is None:
-        if not pinned:
-            return verdict("untrusted")
-        path = [leaf.cert]
+        path = [leaf.cert]  # good only when pinned: then dates and usage still count
     if len(path) > MAX_CHAIN_LENGTH:
         return verdict("chain too long", chains_to_ca)
     reason = _dates(path, now)
@@ -547,4 +554,20 @@ def _verify(
         reason = "wrong usage"
     if reason is None and chains_to_ca and trust.checks_revocation:
         reason = _revocation(chain, path, others, trust, now)
+    if not chains_to_ca and not pinned:
+        return verdict("untrusted", False, if_pinned=reason)
     return verdict(reason, chains_to_ca)
+
+
+def with_pins(verdict: CertificateVerdict, pins: Collection[str]) -> CertificateVerdict:
+    """`verdict` (from `verify_certificate`) for an account that pins `pins`: "good" is
+    per account (SPEC section 4). A chain that reaches `tls.client_ca` is judged the same
+    for everyone; one that does not is good only where it is pinned (then its dates and
+    usage count: `if_pinned`). Nothing is verified again."""
+    if not verdict.presented or verdict.fingerprint is None:
+        return verdict
+    pinned = verdict.fingerprint in {pin.replace(":", "").lower() for pin in pins}
+    reason = verdict.reason
+    if not verdict.chains_to_ca and reason not in _STRUCTURAL:
+        reason = verdict.if_pinned if pinned else "untrusted"
+    return replace(verdict, pinned=pinned, reason=reason, good=reason is None)
