@@ -34,7 +34,7 @@ from securetransport.ftp.session import IRunningTransfer, Session
 from securetransport.ftp.sniff import describe_first_bytes
 from securetransport.ftp.transfers import TransferCommands
 from securetransport.replies import Reply
-from securetransport.runtime import ServerRuntime
+from securetransport.runtime import IServedSession, ServerRuntime
 from securetransport.vfs import FilesystemError
 
 log = Logger(namespace="securetransport.ftp.protocol")
@@ -43,7 +43,7 @@ MAX_COMMANDS_BEFORE_LOGIN = 20
 MAX_QUEUED_COMMANDS = 32
 
 
-@implementer(IHandshakeListener, IPushProducer)
+@implementer(IHandshakeListener, IPushProducer, IServedSession)
 class FTPSession(Protocol):
     """One control connection."""
 
@@ -189,7 +189,7 @@ class FTPSession(Protocol):
         me = self.session
         assert me is not None
         for other in self.server.open_sessions:
-            theirs = other.session
+            theirs = other.session if isinstance(other, FTPSession) else None
             if other is self or theirs is None or theirs.closing:
                 continue
             if theirs.peer == me.peer and theirs.state.protected and not theirs.state.logged_in:
