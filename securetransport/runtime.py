@@ -49,16 +49,16 @@ class IWorkerRole(Interface):
     listen_fds = Attribute("tuple[int, ...]: inherited listening sockets, one per [[listen]]")
     passive_ports = Attribute("tuple[int, int]: this worker's slice of the passive range")
 
-    def login_guard(server: ServerConfig) -> LoginGuardLike:  # type: ignore[misc,empty-body]
+    def login_guard(server: ServerConfig) -> LoginGuardLike:
         """Failures and bans shared by every worker."""
 
-    def session_counter(server: ServerConfig) -> SessionCounterLike:  # type: ignore[misc,empty-body]
+    def session_counter(server: ServerConfig) -> SessionCounterLike:
         """Session limits shared by every worker."""
 
-    def audit_log(path: Path | None) -> AuditLog:  # type: ignore[misc,empty-body]
+    def audit_log(path: Path | None) -> AuditLog:
         """This worker's audit log writer."""
 
-    def adopt(reactor: Any, fd: int, address: str, factory: Any) -> IListeningPort:  # type: ignore[misc,empty-body]
+    def adopt(reactor: Any, fd: int, address: str, factory: Any) -> IListeningPort:
         """Serve `factory` on the inherited listening socket `fd`."""
 
 

@@ -52,25 +52,25 @@ class UserStoreError(Exception):
 class IUserStore(Interface):
     """Blocking account storage; call it from a thread, never from the reactor."""
 
-    def get(name: str) -> Account | None:  # type: ignore[misc,empty-body]
+    def get(name: str) -> Account | None:
         """The account called `name`, or None."""
 
-    def list() -> list[Account]:  # type: ignore[misc,empty-body]
+    def list() -> list[Account]:
         """Every account, sorted by name."""
 
-    def add(account: Account) -> None:  # type: ignore[misc]
+    def add(account: Account) -> None:
         """Create an account; UserStoreError if the name exists."""
 
-    def update(account: Account) -> None:  # type: ignore[misc]
+    def update(account: Account) -> None:
         """Replace an existing account; UserStoreError if it does not exist."""
 
-    def remove(name: str) -> bool:  # type: ignore[misc,empty-body]
+    def remove(name: str) -> bool:
         """Delete an account; True if it existed."""
 
-    def find_by_fingerprint(fingerprint: str) -> builtins.list[str]:  # type: ignore[misc,empty-body]
+    def find_by_fingerprint(fingerprint: str) -> builtins.list[str]:
         """The names of the accounts (enabled or not) that pin `fingerprint`."""
 
-    def close() -> None:  # type: ignore[misc]
+    def close() -> None:
         """Release connections."""
 
 

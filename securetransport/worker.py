@@ -88,8 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for fd in fds:  # the ports hold their own copies now
         os.close(fd)
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
     return 0
 
 

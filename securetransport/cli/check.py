@@ -24,7 +24,7 @@ from securetransport.config import Config, ConfigError, TLSConfig, load_config
 MAX_PEM_BYTES = 1 << 20
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "check",
         help="validate the configuration",

@@ -40,7 +40,7 @@ from securetransport.userstore import (
 MAX_PEM_BYTES = 1 << 20
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "policy", help="explain the SSL access policy", description=__doc__.splitlines()[0]
     )

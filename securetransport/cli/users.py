@@ -318,7 +318,7 @@ def cmd_certificate_remove(args: argparse.Namespace, store: Any, config: Config)
 
 
 def _subcommand(
-    subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+    subparsers: argparse._SubParsersAction,
     name: str,
     help_text: str,
     handler: Handler,
@@ -335,7 +335,7 @@ def _subcommand(
     return parser
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "users", help="manage accounts", description="Manage accounts in the user store."
     )

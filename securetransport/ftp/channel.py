@@ -48,7 +48,7 @@ class IControlChannel(Interface):
         client sent after the command that asked for it (STARTTLS command injection);
         the engine hears `tls_up(HandshakeInfo)` when the handshake has completed."""
 
-    def session_ready() -> bool:  # type: ignore[empty-body]
+    def session_ready() -> bool:
         """True when TLS can be offered (the server has [tls] material)."""
 
     def pause_reading() -> None:
@@ -70,14 +70,14 @@ class IControlChannel(Interface):
     def leave_reuse_group() -> None:
         """Logged out or closing: take this control session out of its group."""
 
-    def passive_data(  # type: ignore[empty-body]
+    def passive_data(
         reuse: SessionReuse | None, report: DataReport, timeout: float
     ) -> tuple[DataChannel, int]:
         """Listen for one data connection from the client's address; the set-up and
         the port. `reuse`: the class's session_reuse for protected data, None for clear.
         Raises ftp.passive.NoPassivePort when no port is free."""
 
-    def active_data(  # type: ignore[empty-body]
+    def active_data(
         reuse: SessionReuse | None, report: DataReport, timeout: float, host: str, port: int
     ) -> DataChannel:
         """A data connection the server will make to host:port (already validated)."""
