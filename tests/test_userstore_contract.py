@@ -354,6 +354,6 @@ class PostgreSQLAsync(TestCase):
         results = yield users.list()
         self.assertEqual([a.name for a in results], ["alice"])
         self.assertEqual((yield users.find_by_fingerprint(FP)), ["alice"])
-        self.assertTrue((yield users.pinned_by_enabled_account(FP)))
+        self.assertTrue((yield users.pinned_by_any_account(FP)))
         self.assertTrue(seen)
         self.assertNotIn(reactor_thread, seen)
