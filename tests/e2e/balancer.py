@@ -33,6 +33,17 @@ BALANCER = "127.0.0.1"
 SLICE = 20  # passive ports per node
 
 
+def reachable_root(case: object) -> Path:
+    """A new folder under the system temp folder that an unprivileged server can reach
+    (the checkout may lie in a 0700 folder), removed after the test."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="st-nodes-"))
+    folder.chmod(0o755)
+    case.addCleanup(shutil.rmtree, folder, True)  # type: ignore[attr-defined]
+    return folder / "root"
+
+
 def haproxy_binary() -> str:
     found = shutil.which("haproxy") or (
         "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None

@@ -14,14 +14,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from hardening.server import PASSWORD
 from securetransport.proxy import format_v1
-from tests.e2e.balancer import BALANCER, CLIENT, Cluster, Node
+from tests.e2e.balancer import BALANCER, CLIENT, Cluster, Node, reachable_root
 from tests.e2e.harness import random_file, require_tool, sha256_file
 from tests.pg import shared_postgres
 
 
 class BalancedCluster(SynchronousTestCase):
     def setUp(self) -> None:
-        root = Path(self.mktemp()).absolute()
+        root = reachable_root(self)
         self.cluster = Cluster(root, shared_postgres().create_database())
         self.addCleanup(self.cluster.stop)
         self.cluster.start()

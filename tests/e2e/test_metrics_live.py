@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
 from hardening.clients import open_session
 from hardening.server import DEFAULT_CLASSES, ServerProcess, free_port
+from tests.e2e.balancer import reachable_root
 from tests.e2e.harness import PASSWORD
 
 
@@ -33,8 +33,7 @@ class LiveMetrics(SynchronousTestCase):
     run_as: str | None = "auto"
 
     def setUp(self) -> None:
-        root = Path(self.mktemp()).absolute()
-        root.parent.chmod(0o755)
+        root = reachable_root(self)  # "nobody" must reach it
         self.port = free_port()
         metrics = f'\n[metrics]\naddress = "127.0.0.1"\nport = {self.port}\n'
         self.server = ServerProcess(
