@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +15,19 @@ from typing import IO, Any
 from twisted.logger import Logger
 
 log = Logger(namespace="securetransport.audit")
+
+_NAME_KEY = secrets.token_bytes(32)  # per process: groups typed names without keeping them
+
+
+def login_name_fields(name: str, is_account: bool) -> dict[str, str | None]:
+    """Audit fields for a login name as typed: the name itself only when it is an
+    account; otherwise `user` is null and `user_key` a keyed hash, so that repeated
+    attempts with one name can be grouped without writing what was typed (a password
+    typed into the name field, for instance)."""
+    if is_account:
+        return {"user": name}
+    digest = hmac.new(_NAME_KEY, name.encode("utf-8", "surrogatepass"), hashlib.sha256)
+    return {"user": None, "user_key": digest.hexdigest()[:16]}
 
 
 class _ReopenableFile:

@@ -7,22 +7,41 @@ SIGHUP that swaps `tls` changes what new sessions use while open ones keep their
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from twisted.cred.portal import Portal
+from twisted.internet.interfaces import IListeningPort
+from zope.interface import Attribute, Interface
 
 from securetransport.audit import AuditLog, XferLog
-from securetransport.config import Config
+from securetransport.config import Config, ServerConfig
 from securetransport.ftp.passive import PassivePortProvider
 from securetransport.limits import LoginGuard, LoginGuardLike, SessionCounter, SessionCounterLike
+from securetransport.tls.material import TLSRuntime
+
+__all__ = ["IWorkerRole", "ServerRuntime", "TLSRuntime"]
 
 
-@dataclass
-class TLSRuntime:
-    """Parsed TLS material: the per-session Context factory and the client trust store."""
+class IWorkerRole(Interface):
+    """What a worker process got from its supervisor (`workers.WorkerRole`): the
+    listening sockets it adopts, its passive ports, and the limits shared by all workers."""
 
-    contexts: Any  # securetransport.tls.context.SessionContextFactory
-    trust: Any  # securetransport.tls.verify.TrustStore
+    index = Attribute("int: this worker's number")
+    listen_fds = Attribute("tuple[int, ...]: inherited listening sockets, one per [[listen]]")
+    passive_ports = Attribute("tuple[int, int]: this worker's slice of the passive range")
+
+    def login_guard(server: ServerConfig) -> LoginGuardLike:  # type: ignore[misc,empty-body]
+        """Failures and bans shared by every worker."""
+
+    def session_counter(server: ServerConfig) -> SessionCounterLike:  # type: ignore[misc,empty-body]
+        """Session limits shared by every worker."""
+
+    def audit_log(path: Path | None) -> AuditLog:  # type: ignore[misc,empty-body]
+        """This worker's audit log writer."""
+
+    def adopt(reactor: Any, fd: int, address: str, factory: Any) -> IListeningPort:  # type: ignore[misc,empty-body]
+        """Serve `factory` on the inherited listening socket `fd`."""
 
 
 @dataclass

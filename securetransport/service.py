@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.cred.portal import Portal
@@ -21,59 +21,15 @@ from securetransport.ftp.passive import PassivePortProvider
 from securetransport.ftp.protocol import FTPFactory
 from securetransport.ftp.sniff import ImplicitPortWatch
 from securetransport.limits import LoginGuard, SessionCounter
-from securetransport.runtime import ServerRuntime, TLSRuntime
-
-if TYPE_CHECKING:
-    from securetransport.workers import WorkerRole
+from securetransport.runtime import IWorkerRole, ServerRuntime
+from securetransport.tls.material import TLSFileWatch, TLSRuntime, load_tls
 
 log = Logger(namespace="securetransport.service")
 
-RELOAD_CHECK_SECONDS = 30.0
-CRL_WARNING_EVERY = 720  # checks: every 6 hours
+CRL_WARNING_EVERY = 720  # [tls] file checks: every 6 hours
 ACCOUNT_CHECK_SECONDS = 15.0
 DRAIN_POLL_SECONDS = 0.1
 DRAIN_CLOSE_SECONDS = 5.0  # after the grace, for ended sessions to close
-
-
-def load_tls(config: Config, previous: TLSRuntime | None = None) -> TLSRuntime | None:
-    """Parse the [tls] files once; raises the loaders' one-line errors."""
-    from securetransport.tls.context import SessionContextFactory, load_server_credentials
-    from securetransport.tls.verify import load_trust_store
-
-    if not config.tls.enabled:
-        return None
-    trust = load_trust_store(
-        config.tls.client_ca, config.tls.crl, previous=previous.trust if previous else None
-    )
-    credentials = load_server_credentials(config.tls)
-    from datetime import UTC, datetime
-
-    from securetransport.tls.verify import crl_warnings
-
-    for warning in (
-        *credentials.warnings,
-        *trust.warnings,
-        *crl_warnings(trust, datetime.now(UTC)),
-    ):
-        log.warn("{text}", text=warning)
-    return TLSRuntime(contexts=SessionContextFactory(credentials), trust=trust)
-
-
-def tls_files(config: Config) -> list[Any]:
-    """The [tls] files whose change triggers a reload."""
-    tls = config.tls
-    return [p for p in (tls.certificate, tls.private_key, tls.client_ca, *tls.crl) if p is not None]
-
-
-def file_stamps(paths: list[Any]) -> tuple[tuple[str, float, int], ...]:
-    stamps = []
-    for path in paths:
-        try:
-            info = os.stat(path)
-            stamps.append((str(path), info.st_mtime, info.st_size))
-        except OSError:
-            stamps.append((str(path), -1.0, -1))
-    return tuple(stamps)
 
 
 class SecureTransportService(MultiService):
@@ -89,7 +45,7 @@ class SecureTransportService(MultiService):
         config: Config,
         reactor: Any = None,
         tls: TLSRuntime | None = None,
-        worker: WorkerRole | None = None,
+        worker: IWorkerRole | None = None,
     ) -> None:
         super().__init__()
         self._preloaded_tls = tls
@@ -104,11 +60,10 @@ class SecureTransportService(MultiService):
         self.runtime: ServerRuntime | None = None
         self._pools: list[Any] = []
         self._store: Any = None
-        self._watch: LoopingCall | None = None
+        self._watch: TLSFileWatch | None = None
         self._checks = 0
         self._factories: list[FTPFactory] = []
         self._account_watch: LoopingCall | None = None
-        self._stamps: tuple[tuple[str, float, int], ...] = ()
         self._verification: Any = None
         self.metrics: Any = None  # securetransport.metrics.Metrics when [metrics] is set
         self.metrics_port: IListeningPort | None = None
@@ -156,16 +111,14 @@ class SecureTransportService(MultiService):
             )
 
         portal: Portal = make_portal(users, verification, filesystem_for)
+        passive_ports: tuple[int, int] = worker.passive_ports if worker else config.passive.ports
+        first, last = passive_ports
         runtime = ServerRuntime(
             config=config,
             reactor=self.reactor,
             portal=portal,
             users=users,
-            passive=PassivePortProvider(
-                self.reactor,
-                *(worker.passive_ports if worker else config.passive.ports),
-                wrap=self._behind_proxy,
-            ),
+            passive=PassivePortProvider(self.reactor, first, last, wrap=self._behind_proxy),
             audit=worker.audit_log(server.audit_log) if worker else AuditLog(server.audit_log),
             xferlog=XferLog(server.xferlog),
             tls=tls,
@@ -216,10 +169,8 @@ class SecureTransportService(MultiService):
         self._account_watch.clock = self.reactor
         self._account_watch.start(ACCOUNT_CHECK_SECONDS, now=False)
         if self.config.tls.enabled:
-            self._stamps = file_stamps(tls_files(self.config))
-            self._watch = LoopingCall(self._check_tls_files)
-            self._watch.clock = self.reactor
-            self._watch.start(RELOAD_CHECK_SECONDS, now=False)
+            self._watch = TLSFileWatch(self.config, self.reactor, self.reload, self._tick)
+            self._watch.start()
 
     def end_sessions_of_disabled_accounts(self) -> defer.Deferred[None]:
         """Sessions of accounts that were disabled or removed since their login end (421)."""
@@ -238,13 +189,8 @@ class SecureTransportService(MultiService):
             if session.username == name and session.avatar is not None:
                 session.account_gone()
 
-    def _check_tls_files(self) -> None:
-        """Reload the [tls] files (CRLs above all) when one of them changed on disk."""
-        stamps = file_stamps(tls_files(self.config))
-        if stamps != self._stamps:
-            self._stamps = stamps
-            log.info("a [tls] file changed on disk; reloading")
-            self.reload()
+    def _tick(self) -> None:
+        """After each [tls] file check: warn about CRLs near their next update now and then."""
         self._checks += 1
         if self._checks % CRL_WARNING_EVERY == 0:
             self.warn_about_crls()
@@ -440,9 +386,12 @@ class SecureTransportService(MultiService):
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
-        for watch in (self._watch, self._account_watch, self._resync):
-            if watch is not None and watch.running:
-                watch.stop()
+        if self._watch is not None:
+            self._watch.stop()
+        if self._account_watch is not None and self._account_watch.running:
+            self._account_watch.stop()
+        if self._resync is not None and self._resync.running:
+            self._resync.stop()
         if self._listener is not None:
             self._listener.stop(timeout=0)  # a daemon thread; it sees the flag within 0.5 s
             self._listener = None

@@ -24,8 +24,8 @@ class Options(usage.Options):
             raise usage.UsageError("\n".join(error.problems)) from None
         # The [tls] files are parsed here, before twistd drops privileges (keys may be
         # readable by root only); a bad file is one line naming the key.
-        from securetransport.service import load_tls
         from securetransport.tls.context import TLSConfigError
+        from securetransport.tls.material import load_tls
         from securetransport.tls.verify import TrustStoreError
 
         config: Config = self["parsed"]

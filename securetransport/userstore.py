@@ -367,19 +367,16 @@ def open_user_store(url: str) -> IUserStore:
 # --- non-blocking wrapper -----------------------------------------------------------
 
 
-def pinned_by_enabled_account(store: Any, fingerprint: str | None) -> bool:
-    """Blocking: does any enabled account pin `fingerprint`? (`policy.decide_user`'s
-    `pinned_elsewhere`: such a certificate never names an account by its attributes.)"""
+def pinned_by_any_account(store: Any, fingerprint: str | None) -> bool:
+    """Blocking: does any account, enabled or disabled, pin `fingerprint`?
+    (`policy.decide_user`'s `pinned_elsewhere`: such a certificate never names an
+    account by its attributes; disabling the account that pins it changes nothing.)"""
     if not fingerprint:
         return False
     finder = getattr(store, "find_by_fingerprint", None)
     if finder is None:
         return False
-    for owner in finder(fingerprint):
-        found = store.get(owner)
-        if found is not None and found.enabled:
-            return True
-    return False
+    return bool(finder(fingerprint))
 
 
 class AsyncUserStore:
@@ -400,8 +397,8 @@ class AsyncUserStore:
         """Read the account and call `fn` with it, both in the pool (fn may touch the disk)."""
         return self._run(lambda: fn(self.store.get(name)))
 
-    def pinned_by_enabled_account(self, fingerprint: str | None) -> Deferred[bool]:
-        return self._run(pinned_by_enabled_account, self.store, fingerprint)
+    def pinned_by_any_account(self, fingerprint: str | None) -> Deferred[bool]:
+        return self._run(pinned_by_any_account, self.store, fingerprint)
 
     def list(self) -> Deferred[builtins.list[Account]]:
         return self._run(self.store.list)

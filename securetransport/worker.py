@@ -63,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
     die_with_parent(args.supervisor)
-    from securetransport.workers import WorkerBoot, WorkerRole, tls_runtime
+    from securetransport.tls.material import tls_runtime
+    from securetransport.workers import WorkerBoot, WorkerRole
 
     boot = pickle.load(sys.stdin.buffer)  # from our supervisor, over a private pipe
     sys.stdin.close()

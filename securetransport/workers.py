@@ -35,20 +35,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from twisted.application.service import MultiService
 from twisted.internet import defer, error, protocol, tcp
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 import securetransport
 from securetransport.audit import AuditLog
 from securetransport.config import Config, ListenConfig, ServerConfig
-from securetransport.runtime import TLSRuntime
+from securetransport.runtime import IWorkerRole
 from securetransport.shared_limits import SharedLimits, SharedLoginGuard, SharedSessionCounter
+from securetransport.tls.material import (
+    TLSFileWatch,
+    TLSMaterial,
+    TLSRuntime,
+    load_tls,
+    tls_material,
+)
 
 log = Logger(namespace="securetransport.workers")
 
@@ -91,64 +96,6 @@ def accept_now(mine: int, others: Sequence[int]) -> bool:
     """Whether a worker with `mine` open sessions takes a new connection at once, or
     first leaves it a moment to a worker holding fewer (least sessions first)."""
     return not others or mine <= min(others)
-
-
-# ------------------------------------------------------------------ the [tls] material
-
-
-@dataclass(frozen=True)
-class TLSMaterial:
-    """The parsed `[tls]` files as DER bytes: what the supervisor hands a worker."""
-
-    chain: tuple[bytes, ...]
-    private_key: bytes  # PKCS#8, unencrypted
-    client_cas: tuple[bytes, ...]
-    min_version: str
-    ciphers: str
-    trust_cas: tuple[bytes, ...]
-    crls: tuple[tuple[str, bytes], ...]  # (file, DER)
-
-
-def tls_material(tls: TLSRuntime | None) -> TLSMaterial | None:
-    if tls is None:
-        return None
-    credentials = tls.contexts.credentials
-    der = serialization.Encoding.DER
-    return TLSMaterial(
-        chain=tuple(cert.public_bytes(der) for cert in credentials.chain),
-        private_key=credentials.private_key.private_bytes(
-            der, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
-        client_cas=tuple(cert.public_bytes(der) for cert in credentials.client_cas),
-        min_version=credentials.min_version,
-        ciphers=credentials.ciphers,
-        trust_cas=tuple(cert.public_bytes(der) for cert in tls.trust.cas),
-        crls=tuple((str(item.path), item.crl.public_bytes(der)) for item in tls.trust.crls),
-    )
-
-
-def tls_runtime(material: TLSMaterial | None) -> TLSRuntime | None:
-    """Rebuild the TLS runtime from the supervisor's material, reading no file."""
-    from securetransport.tls.context import ServerCredentials, SessionContextFactory
-    from securetransport.tls.verify import LoadedCRL, TrustStore
-
-    if material is None:
-        return None
-    key = serialization.load_der_private_key(material.private_key, password=None)
-    credentials = ServerCredentials(
-        chain=tuple(x509.load_der_x509_certificate(der) for der in material.chain),
-        private_key=key,  # type: ignore[arg-type]
-        client_cas=tuple(x509.load_der_x509_certificate(der) for der in material.client_cas),
-        min_version=material.min_version,  # type: ignore[arg-type]
-        ciphers=material.ciphers,
-    )
-    trust = TrustStore(
-        cas=tuple(x509.load_der_x509_certificate(der) for der in material.trust_cas),
-        crls=tuple(
-            LoadedCRL(Path(path), x509.load_der_x509_crl(der)) for path, der in material.crls
-        ),
-    )
-    return TLSRuntime(contexts=SessionContextFactory(credentials), trust=trust)
 
 
 @dataclass(frozen=True)
@@ -208,6 +155,7 @@ class BalancedPort(tcp.Port):
             self.startReading()
 
 
+@implementer(IWorkerRole)
 class WorkerRole:
     """What one worker process got from its supervisor; builds its shared parts."""
 
@@ -325,8 +273,7 @@ class WorkerSupervisor(MultiService):
         self._pending: dict[int, Any] = {}  # index -> IDelayedCall of a restart
         self._stopping = False
         self._started_once = False
-        self._watch: LoopingCall | None = None
-        self._stamps: tuple[tuple[str, float, int], ...] = ()
+        self._watch: TLSFileWatch | None = None
         self.metrics_dir: str | None = None  # the workers' multiprocess metrics files
         self.metrics_port: Any = None
 
@@ -355,7 +302,6 @@ class WorkerSupervisor(MultiService):
             )
 
     def startService(self) -> None:
-        from securetransport.service import file_stamps, tls_files
         from securetransport.vfs import sweep_temporaries
 
         super().startService()
@@ -383,12 +329,8 @@ class WorkerSupervisor(MultiService):
         for index in range(self.count):
             self._spawn(index)
         if self.config.tls.enabled:
-            self._stamps = file_stamps(tls_files(self.config))
-            self._watch = LoopingCall(self._check_tls_files)
-            self._watch.clock = self.reactor
-            from securetransport.service import RELOAD_CHECK_SECONDS
-
-            self._watch.start(RELOAD_CHECK_SECONDS, now=False)
+            self._watch = TLSFileWatch(self.config, self.reactor, self._reload_own_tls)
+            self._watch.start()
 
     def _start_metrics(self) -> None:
         """One endpoint for the whole server: the workers' values, aggregated (metrics.py)."""
@@ -513,22 +455,12 @@ class WorkerSupervisor(MultiService):
 
     def reload(self) -> None:
         """SIGHUP: forward to every worker; reload the [tls] copy given to new workers."""
-        from securetransport.service import load_tls
-
         for process in list(self.processes.values()):
             self._signal(process, "HUP")
+        self._reload_own_tls()
+
+    def _reload_own_tls(self) -> None:
         if self.config.tls.enabled:
-            try:
-                self.tls = load_tls(self.config, previous=self.tls)
-            except Exception as problem:  # noqa: BLE001 - keep the last good material
-                log.error("TLS reload failed in the supervisor: {error}", error=problem)
-
-    def _check_tls_files(self) -> None:
-        from securetransport.service import file_stamps, load_tls, tls_files
-
-        stamps = file_stamps(tls_files(self.config))
-        if stamps != self._stamps:
-            self._stamps = stamps
             try:
                 self.tls = load_tls(self.config, previous=self.tls)
             except Exception as problem:  # noqa: BLE001 - keep the last good material
@@ -545,7 +477,7 @@ class WorkerSupervisor(MultiService):
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         self._stopping = True
-        if self._watch is not None and self._watch.running:
+        if self._watch is not None:
             self._watch.stop()
         for call in self._pending.values():
             if call.active():

@@ -136,9 +136,10 @@ def table_certificate(kind: str, state: str, check: str) -> str:
     """How SPEC section 4 sees the certificate: none / names / other / failed.
 
     The login is carol for "names-by-pin" (her own pinned certificate) and alice
-    otherwise; carol's certificate is pinned on an enabled carol for "pinned-other".
-    Unknown and disabled names are judged like an account with no pins, so carol's
-    self-signed certificate is then simply untrusted.
+    otherwise; carol's certificate is pinned on carol for "pinned-other". "Good" is per
+    account: it chains to the CA or is pinned on *this* account, so carol's self-signed
+    certificate has failed (untrusted) for alice. Unknown and disabled names are judged
+    like an account with no pins, so it is untrusted for them too.
     """
     if kind == "none" or check == "off":
         return "none"
@@ -148,7 +149,9 @@ def table_certificate(kind: str, state: str, check: str) -> str:
         return "names" if state == "known" else "failed"
     if kind == "names-by-cn":
         return "names" if state == "known" else "other"
-    return "other"  # names-other, pinned-other: good, naming someone else
+    if kind == "pinned-other":
+        return "failed"  # pinned on carol only: not good for alice
+    return "other"  # names-other: good, naming someone else
 
 
 def expected_reply(
@@ -202,11 +205,12 @@ def account_for(name: str, state: str, carol_pin: str) -> Account | None:
 
 
 def pinned_elsewhere(kind: str, state: str) -> bool:
-    """What the user store would answer: is the leaf pinned on an enabled account?"""
+    """What the user store would answer: is the leaf pinned on any account, enabled or
+    not?"""
     if kind == "pinned-other":
-        return True  # pinned on carol, who exists and is enabled
+        return True  # pinned on carol, who exists
     if kind == "names-by-pin":
-        return state == "known"  # pinned on carol only
+        return state != "unknown"  # pinned on carol only, enabled or disabled
     return False
 
 
@@ -428,17 +432,25 @@ class DecideUserTests(SynchronousTestCase):
         long = self.decide("a" * 500, None, [ClassConfig(name="c")])
         self.assertLess(len(long.text), 100)
 
-    def test_certificate_pinned_on_another_account_is_not_untrusted(self) -> None:
+    def test_good_is_per_account(self) -> None:
+        """A self-signed certificate pinned on carol is untrusted for alice (SPEC 4: good
+        when it chains to the CA or is pinned on *this* account), pinned elsewhere or not."""
         w = world()
         chain = w.chains["pinned-other"]
         classes = [ClassConfig(name="c", login=("certificate", "password"))]
         facts = ClientFacts("127.0.0.1", protected=True, peer_chain=chain)
         args = dict(facts=facts, classes=classes, trust=w.trust,
                     certificate_user="common-name", now=NOW)  # fmt: skip
-        other = decide_user(name="alice", account=ACCOUNTS["alice"], pinned_elsewhere=True, **args)  # type: ignore[arg-type]
-        self.assertEqual((other.reply, other.certificate, other.row), (331, "other", "tls-other"))
-        lone = decide_user(name="alice", account=ACCOUNTS["alice"], pinned_elsewhere=False, **args)  # type: ignore[arg-type]
-        self.assertEqual((lone.reply, lone.text), (530, "client certificate rejected: untrusted"))
+        for pinned in (True, False):
+            alice = ACCOUNTS["alice"]
+            got = decide_user(name="alice", account=alice, pinned_elsewhere=pinned, **args)  # type: ignore[arg-type]
+            self.assertEqual(
+                (got.reply, got.text, got.certificate, got.row),
+                (530, "client certificate rejected: untrusted", "failed", "tls-failed"),
+            )
+        carol = replace(ACCOUNTS["carol"], certificates=(w.carol_pin,))
+        got = decide_user(name="carol", account=carol, pinned_elsewhere=True, **args)  # type: ignore[arg-type]
+        self.assertEqual((got.reply, got.certificate), (232, "names"))
 
 
 def net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

@@ -28,7 +28,7 @@ from securetransport.userstore import (
     Account,
     UserStoreError,
     open_user_store,
-    pinned_by_enabled_account,
+    pinned_by_any_account,
     valid_account_name,
 )
 
@@ -98,7 +98,7 @@ def _chain(path: Path) -> tuple[bytes, ...]:
 
 
 def _account(config: Config, name: str, fingerprint: str | None) -> tuple[Account | None, bool]:
-    """The enabled account called `name` (or None), and whether an enabled account pins
+    """The enabled account called `name` (or None), and whether any account pins
     `fingerprint` (what the server passes as `pinned_elsewhere`)."""
     try:
         store: Any = open_user_store(config.server.users)
@@ -106,7 +106,7 @@ def _account(config: Config, name: str, fingerprint: str | None) -> tuple[Accoun
         raise CommandError(str(error)) from None
     try:
         account = store.get(name)
-        pinned = pinned_by_enabled_account(store, fingerprint)
+        pinned = pinned_by_any_account(store, fingerprint)
     except UserStoreError as error:
         raise CommandError(str(error)) from None
     finally:

@@ -46,6 +46,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
 from securetransport.config import TLSConfig
+from securetransport.tls.facts import HandshakeInfo
 from securetransport.tls.reuse import keep_session_on_free, session_key_digest, session_reused
 
 ServerKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -88,20 +89,6 @@ class ServerCredentials:
     min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
     ciphers: str = DEFAULT_CIPHERS
     warnings: tuple[str, ...] = ()  # `warning: KEY: ...` lines for the caller to log
-
-
-@dataclass(frozen=True)
-class HandshakeInfo:
-    """What one finished server-side handshake saw."""
-
-    tls_version: str  # "TLSv1.2", "TLSv1.3"
-    cipher: str | None
-    resumed: bool  # an abbreviated handshake (SSL_session_reused)
-    resumed_from_control: bool  # resumed a session of this Context's control connection
-    peer_chain: tuple[bytes, ...] = ()  # DER, leaf first, as presented, no duplicates
-    verify_errors: tuple[tuple[int, int], ...] = ()  # (depth, X509_V_ERR_*) during the handshake
-    group: str | None = None  # key exchange group, e.g. "x25519"
-    master_key: bytes | None = field(default=None, repr=False)  # TLS 1.2 only
 
 
 # ------------------------------------------------------------------------ loading files

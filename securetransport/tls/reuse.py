@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import weakref
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
-if TYPE_CHECKING:
-    from securetransport.tls.context import HandshakeInfo
+from securetransport.tls.facts import HandshakeInfo
 
 NOT_RESUMED: Final = (
     "TLS session of data connection not resumed from the control connection: "

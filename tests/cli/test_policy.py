@@ -185,9 +185,9 @@ class ExplainTests(SynchronousTestCase):
         code, out, _ = self.explain("carol", "--certificate", str(self.carol_pem))
         self.assertEqual(code, 0)
         self.assertIn("certificate: 232 User carol logged in", out)
-        # carol's certificate used for alice names another account: not "untrusted"
+        # "Good" is per account: carol's self-signed pin is untrusted for alice.
         _, out, _ = self.explain("alice", "--certificate", str(self.carol_pem))
-        self.assertIn("certificate: 331 Password required for alice", out)
+        self.assertIn("certificate: 530 client certificate rejected: untrusted", out)
 
     def test_untrusted_certificate_in_mandatory_class(self) -> None:
         stranger = self.folder / "stranger.crt"
