@@ -34,6 +34,7 @@ from securetransport.userstore import (
     open_user_store,
 )
 from tests.pg import shared_postgres
+from tests.test_fakes import UserStoreContract as EngineUserStoreContract
 from tests.test_userstore import temp_dir
 
 FP = "ab" * 32
@@ -202,6 +203,17 @@ class PostgreSQLContract(UserStoreContract, SynchronousTestCase):
         return open_user_store(self.url)
 
 
+class PostgreSQLEngineContract(EngineUserStoreContract, SynchronousTestCase):
+    """tests/test_fakes.py's contract (what the engine and the CLI rely on), on PostgreSQL."""
+
+    def make_store(self) -> Any:
+        url = shared_postgres().create_database()
+        upgrade(url)
+        store = open_user_store(url)
+        self.addCleanup(store.close)
+        return store
+
+
 # --- what only the PostgreSQL store has ---------------------------------------------------
 
 
@@ -354,6 +366,6 @@ class PostgreSQLAsync(TestCase):
         results = yield users.list()
         self.assertEqual([a.name for a in results], ["alice"])
         self.assertEqual((yield users.find_by_fingerprint(FP)), ["alice"])
-        self.assertTrue((yield users.pinned_by_enabled_account(FP)))
+        self.assertTrue((yield users.pinned_by_any_account(FP)))
         self.assertTrue(seen)
         self.assertNotIn(reactor_thread, seen)
