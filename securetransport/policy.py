@@ -51,7 +51,12 @@ from typing import Final, Literal
 
 from securetransport.client import ClientFacts
 from securetransport.config import ClassConfig
-from securetransport.tls.verify import CertificateVerdict, TrustStore, verify_certificate
+from securetransport.tls.verify import (
+    CertificateVerdict,
+    TrustStore,
+    verify_certificate,
+    with_pins,
+)
 from securetransport.userstore import Account
 
 # The reply texts, in one place. `{name}` is the login name as typed (made printable).
@@ -232,8 +237,12 @@ def decide_user(
     verdict = None
     status: CertificateStatus = "none"
     if klass.client_certificate == "verify" and facts.peer_chain:
-        pins = frozenset(account.certificates) if account else frozenset()
-        verdict = verify_certificate(facts.peer_chain, trust, pins=pins, now=now)
+        pins = account.certificates if account else ()
+        # Verified once after the handshake (facts.certificate); only the pins differ.
+        base = facts.certificate
+        if base is None:
+            base = verify_certificate(facts.peer_chain, trust, now=now)
+        verdict = with_pins(base, pins)
         if not verdict.good:
             status = "failed"
         elif names_account(verdict, account, certificate_user, pinned_elsewhere=pinned_elsewhere):

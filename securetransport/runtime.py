@@ -18,9 +18,27 @@ from securetransport.audit import AuditLog, XferLog
 from securetransport.config import Config, ServerConfig
 from securetransport.ftp.passive import PassivePortProvider
 from securetransport.limits import LoginGuard, LoginGuardLike, SessionCounter, SessionCounterLike
+from securetransport.tls.groups import SessionGroups
 from securetransport.tls.material import TLSRuntime
+from securetransport.userstore import AsyncUserStore
 
 __all__ = ["IWorkerRole", "ServerRuntime", "TLSRuntime"]
+
+
+class IServedSession(Interface):
+    """What the service sees of an open session (FTP or SFTP): who, and how to end it."""
+
+    protocol = Attribute('str: "ftp" or "sftp"')
+    username = Attribute("str | None: the logged-in account, None before login")
+    avatar = Attribute("the logged-in avatar, None before login")
+    klass = Attribute("config.ClassConfig | None: the logged-in user's class")
+    transfer = Attribute("a transfer in progress, or None")
+
+    def shutdown() -> None:
+        """The server is stopping: abort any transfer, say goodbye and close."""
+
+    def account_gone() -> None:
+        """The account was disabled or removed: end the session."""
 
 
 class IWorkerRole(Interface):
@@ -49,7 +67,7 @@ class ServerRuntime:
     config: Config
     reactor: Any
     portal: Portal
-    users: Any  # securetransport.userstore.AsyncUserStore
+    users: AsyncUserStore
     passive: PassivePortProvider
     audit: AuditLog
     xferlog: XferLog
@@ -58,5 +76,6 @@ class ServerRuntime:
     sessions: SessionCounterLike = field(default_factory=lambda: SessionCounter(1000, 50))
     sendfile_active: int = 0  # clear downloads holding a thread for os.sendfile
     failure_delay_base: float = 1.0  # seconds; tests may shorten it
-    open_sessions: set[Any] = field(default_factory=set)
+    open_sessions: set[IServedSession] = field(default_factory=set)
     draining: bool = False  # SIGTERM: no new sessions or transfers; /health says 503
+    reuse_groups: SessionGroups = field(default_factory=SessionGroups)  # "account" classes

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import Interface, implementer
@@ -66,6 +66,9 @@ class IUserStore(Interface):
 
     def remove(name: str) -> bool:  # type: ignore[misc,empty-body]
         """Delete an account; True if it existed."""
+
+    def find_by_fingerprint(fingerprint: str) -> builtins.list[str]:  # type: ignore[misc,empty-body]
+        """The names of the accounts (enabled or not) that pin `fingerprint`."""
 
     def close() -> None:  # type: ignore[misc]
         """Release connections."""
@@ -367,16 +370,13 @@ def open_user_store(url: str) -> IUserStore:
 # --- non-blocking wrapper -----------------------------------------------------------
 
 
-def pinned_by_any_account(store: Any, fingerprint: str | None) -> bool:
+def pinned_by_any_account(store: IUserStore, fingerprint: str | None) -> bool:
     """Blocking: does any account, enabled or disabled, pin `fingerprint`?
     (`policy.decide_user`'s `pinned_elsewhere`: such a certificate never names an
     account by its attributes; disabling the account that pins it changes nothing.)"""
     if not fingerprint:
         return False
-    finder = getattr(store, "find_by_fingerprint", None)
-    if finder is None:
-        return False
-    return bool(finder(fingerprint))
+    return bool(store.find_by_fingerprint(fingerprint))
 
 
 class AsyncUserStore:
@@ -413,8 +413,5 @@ class AsyncUserStore:
         return self._run(self.store.remove, name)
 
     def find_by_fingerprint(self, fingerprint: str) -> Deferred[builtins.list[str]]:
-        """Accounts pinning `fingerprint`; [] if the store cannot look pins up."""
-        finder = getattr(self.store, "find_by_fingerprint", None)
-        if finder is None:
-            return succeed([])
-        return self._run(finder, fingerprint)
+        """Accounts pinning `fingerprint`."""
+        return self._run(self.store.find_by_fingerprint, fingerprint)

@@ -38,7 +38,13 @@ from securetransport.policy import (
     match_class,
     names_account,
 )
-from securetransport.tls.verify import CertificateVerdict, LoadedCRL, TrustStore
+from securetransport.tls.verify import (
+    CertificateVerdict,
+    LoadedCRL,
+    TrustStore,
+    verify_certificate,
+    with_pins,
+)
 from securetransport.userstore import Account, certificate_fingerprint
 
 UTC = datetime.UTC
@@ -64,7 +70,7 @@ def der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.DER)
 
 
-def self_signed(cn: str) -> x509.Certificate:
+def self_signed(cn: str, not_after: datetime.datetime | None = None) -> x509.Certificate:
     key = new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     return (
@@ -73,8 +79,8 @@ def self_signed(cn: str) -> x509.Certificate:
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - DAY)
-        .not_valid_after(NOW + 30 * DAY)
+        .not_valid_before(NOW - 9 * DAY)
+        .not_valid_after(not_after or NOW + 30 * DAY)
         .sign(key, hashes.SHA256())
     )
 
@@ -450,6 +456,46 @@ class DecideUserTests(SynchronousTestCase):
             )
         carol = replace(ACCOUNTS["carol"], certificates=(w.carol_pin,))
         got = decide_user(name="carol", account=carol, pinned_elsewhere=True, **args)  # type: ignore[arg-type]
+        self.assertEqual((got.reply, got.certificate), (232, "names"))
+
+
+class VerifiedOnceTests(SynchronousTestCase):
+    """The chain is verified once after the handshake; USER applies the account's pins."""
+
+    def test_with_pins_agrees_with_a_full_verification(self) -> None:
+        w = world()
+        expired_self = self_signed("expired-self", not_after=NOW - DAY)
+        chains = dict(w.chains, **{"expired-pinned": (der(expired_self),)})
+        pin_sets = [(), (w.carol_pin,), (certificate_fingerprint(expired_self),), ("0" * 64,)]
+        checked = 0
+        for kind, chain in chains.items():
+            once = verify_certificate(chain, w.trust, now=NOW)
+            for pins in pin_sets:
+                full = verify_certificate(chain, w.trust, pins=pins, now=NOW)
+                self.assertEqual(with_pins(once, pins), full, (kind, pins))
+                self.assertEqual(with_pins(full, ()), once, (kind, pins))
+                checked += 1
+        self.assertEqual(checked, len(chains) * len(pin_sets))
+        # The cases that matter: pinned self-signed good, unpinned untrusted, dates count.
+        self.assertTrue(with_pins(verify_certificate(chains["names-by-pin"], w.trust, now=NOW),
+                                  (w.carol_pin,)).good)  # fmt: skip
+        expired = with_pins(
+            verify_certificate(chains["expired-pinned"], w.trust, now=NOW),
+            (certificate_fingerprint(expired_self),),
+        )
+        self.assertEqual(expired.reason, "expired")
+
+    def test_decide_user_does_not_verify_again(self) -> None:
+        w = world()
+        chain = w.chains["names-by-cn"]
+        verdict = verify_certificate(chain, w.trust, now=NOW)
+        facts = ClientFacts("127.0.0.1", protected=True, peer_chain=chain, certificate=verdict)
+        # An empty trust store would make a second verification say "untrusted".
+        got = decide_user(
+            name="alice", account=ACCOUNTS["alice"], facts=facts,
+            classes=[ClassConfig(name="c")], trust=TrustStore(), certificate_user="common-name",
+            now=NOW,
+        )  # fmt: skip
         self.assertEqual((got.reply, got.certificate), (232, "names"))
 
 

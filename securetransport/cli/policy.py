@@ -19,9 +19,14 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from securetransport.cli import CommandError, add_config_option, config_path
+from securetransport.cli import (
+    CommandError,
+    add_config_option,
+    config_path,
+    load_config_or_fail,
+)
 from securetransport.client import ClientFacts, normalize_address
-from securetransport.config import Config, ConfigError, load_config
+from securetransport.config import Config
 from securetransport.policy import UserDecision, decide_user
 from securetransport.tls.verify import TrustStore, TrustStoreError, load_trust_store
 from securetransport.userstore import (
@@ -66,19 +71,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     explain.add_argument("--json", action="store_true", help="print one JSON object")
     explain.set_defaults(func=cmd_explain)
-
-
-def _config(path: Path) -> Config:
-    try:
-        return load_config(path)
-    except ConfigError as error:
-        first = error.problems[0] if error.problems else "invalid"
-        more = len(error.problems) - 1
-        extra = f" (and {more} more; see securetransport check)" if more > 0 else ""
-        prefix = "" if first.startswith(str(path)) else f"{path}: "
-        raise CommandError(f"{prefix}{first}{extra}") from None
-    except OSError as error:
-        raise CommandError(f"{path}: cannot read: {error.strerror or error}") from None
 
 
 def _chain(path: Path) -> tuple[bytes, ...]:
@@ -155,7 +147,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except ValueError:
         raise CommandError(f"--address: not an IP address: {args.address!r}") from None
     chain = _chain(args.certificate) if args.certificate is not None else None
-    config = _config(config_path(args))
+    config = load_config_or_fail(config_path(args))
     try:
         trust = load_trust_store(config.tls.client_ca, config.tls.crl)
     except TrustStoreError as error:
@@ -179,6 +171,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 {
                     "class": without.klass.name if without.klass else None,
                     "matched": without.matched,
+                    "session_reuse": without.klass.session_reuse if without.klass else None,
                     "certificate": (
                         {"reply": with_certificate.reply, "text": with_certificate.text}
                         if with_certificate is not None
@@ -193,6 +186,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print("class: none")
     else:
         print(f"class: {without.klass.name} (matched: {without.matched})")
+        print(f"session_reuse: {without.klass.session_reuse}")
     if with_certificate is None:
         print("certificate: none given")
     else:

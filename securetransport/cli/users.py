@@ -17,8 +17,13 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from securetransport.cli import CommandError, add_config_option, config_path
-from securetransport.config import Config, ConfigError, load_config
+from securetransport.cli import (
+    CommandError,
+    add_config_option,
+    config_path,
+    load_config_or_fail,
+)
+from securetransport.config import Config
 from securetransport.passwords import hash_password
 from securetransport.pki import PKIError, load_certificate
 from securetransport.userstore import (
@@ -164,14 +169,8 @@ def read_certificate(path: Path) -> str:
 
 
 def load(args: argparse.Namespace) -> Config:
-    """The configuration, or its problems on stderr and CommandError."""
-    path = config_path(args)
-    try:
-        return load_config(path)
-    except ConfigError as error:
-        for problem in error.problems:
-            print(problem, file=sys.stderr)
-        raise CommandError(f"{path}: configuration has problems") from None
+    """The configuration, or CommandError with one line per problem."""
+    return load_config_or_fail(config_path(args))
 
 
 @contextmanager

@@ -18,14 +18,18 @@ from twisted.internet.interfaces import IAddress
 from zope.interface import Attribute, Interface, implementer
 
 from securetransport.client import normalize_address
+from securetransport.config import SessionReuse
 from securetransport.ftp.data import DataChannel, DataTLS, raw_socket
 from securetransport.runtime import ServerRuntime
 from securetransport.tls.context import connection_creator, handshake_info
 from securetransport.tls.facts import HandshakeInfo
+from securetransport.tls.groups import DataConnectionCreator, GroupMember
 
-# The binding check of a protected data connection: its handshake's facts in, None to
-# accept it or the text of the 522 that refuses it.
-DataCheck = Callable[[HandshakeInfo], str | None]
+# What the channel reports after a protected data connection's handshake and binding
+# check (tls.groups: resumed from this control session, or from a sibling's in an
+# "account" class): the handshake's facts, whether a sibling's session was used, and the
+# 522 text or None. The engine audits it.
+DataReport = Callable[[HandshakeInfo, bool, str | None], None]
 
 
 class IControlChannel(Interface):
@@ -59,12 +63,22 @@ class IControlChannel(Interface):
     def abort() -> None:
         """Close at once, sending nothing more."""
 
-    def passive_data(protected: bool, check: DataCheck, timeout: float) -> tuple[DataChannel, int]:  # type: ignore[empty-body]
+    def join_reuse_group(account: str) -> None:
+        """Logged in to an "account" class: this control session's TLS sessions may be
+        resumed by data connections of the same account and address (SPEC section 5)."""
+
+    def leave_reuse_group() -> None:
+        """Logged out or closing: take this control session out of its group."""
+
+    def passive_data(  # type: ignore[empty-body]
+        reuse: SessionReuse | None, report: DataReport, timeout: float
+    ) -> tuple[DataChannel, int]:
         """Listen for one data connection from the client's address; the set-up and
-        the port. Raises ftp.passive.NoPassivePort when no port is free."""
+        the port. `reuse`: the class's session_reuse for protected data, None for clear.
+        Raises ftp.passive.NoPassivePort when no port is free."""
 
     def active_data(  # type: ignore[empty-body]
-        protected: bool, check: DataCheck, timeout: float, host: str, port: int
+        reuse: SessionReuse | None, report: DataReport, timeout: float, host: str, port: int
     ) -> DataChannel:
         """A data connection the server will make to host:port (already validated)."""
 
@@ -74,11 +88,19 @@ class LocalControlChannel:
     """A control connection on a Twisted transport in this process."""
 
     def __init__(
-        self, transport: Any, runtime: ServerRuntime, drop_input: Callable[[], None]
+        self,
+        transport: Any,
+        runtime: ServerRuntime,
+        drop_input: Callable[[], None],
+        sibling_logging_in: Callable[[], bool],
     ) -> None:
         self.transport = transport
         self.runtime = runtime
         self.drop_input = drop_input  # forgets lines received but not yet served
+        # True while a TLS control connection from this address has yet to log in.
+        self.sibling_logging_in = sibling_logging_in
+        self._handshake: HandshakeInfo | None = None
+        self._member: GroupMember | None = None
         peer: IAddress = transport.getPeer()
         host: IAddress = transport.getHost()
         self.peer = normalize_address(peer.host)  # type: ignore[attr-defined]
@@ -121,7 +143,23 @@ class LocalControlChannel:
         connection = self.transport.getHandle()
         if self._context is None:
             self._context = connection.get_context()  # implicit: the listener made it
-        return handshake_info(connection)
+        self._handshake = handshake_info(connection)
+        return self._handshake
+
+    def join_reuse_group(self, account: str) -> None:
+        assert self._handshake is not None
+        self._member = self.runtime.reuse_groups.join(
+            self.peer,
+            account,
+            self._session_context(),
+            self.transport.getHandle(),
+            self._handshake,
+        )
+
+    def leave_reuse_group(self) -> None:
+        if self._member is not None:
+            member, self._member = self._member, None
+            self.runtime.reuse_groups.leave(member)
 
     def register_producer(self, producer: Any) -> None:
         self.transport.registerProducer(producer, True)
@@ -138,19 +176,32 @@ class LocalControlChannel:
     def abort(self) -> None:
         self.transport.abortConnection()
 
-    def _data_tls(self, protected: bool, check: DataCheck) -> DataTLS | None:
-        if not protected:
+    def _data_tls(self, reuse: SessionReuse | None, report: DataReport) -> DataTLS | None:
+        if reuse is None:
             return None
-        return DataTLS(
-            connection_creator(self._session_context()),
-            lambda connection: check(handshake_info(connection)),
+        assert self._handshake is not None  # data is protected under a protected control
+        creator = DataConnectionCreator(
+            self._session_context(),
+            self._handshake,
+            reuse,
+            self._member,
+            self.runtime.reuse_groups,
+            self.runtime.reactor,
+            self.sibling_logging_in,
         )
 
+        def check(connection: SSL.Connection) -> str | None:
+            result = creator.check(connection)
+            report(result.info, result.sibling, result.problem)
+            return result.problem
+
+        return DataTLS(creator, check)
+
     def passive_data(
-        self, protected: bool, check: DataCheck, timeout: float
+        self, reuse: SessionReuse | None, report: DataReport, timeout: float
     ) -> tuple[DataChannel, int]:
         channel = DataChannel(
-            self.runtime.reactor, self.peer, self._data_tls(protected, check), timeout
+            self.runtime.reactor, self.peer, self._data_tls(reuse, report), timeout
         )
         interface = self.local_host
         port = channel.listen_passive(
@@ -159,10 +210,10 @@ class LocalControlChannel:
         return channel, port
 
     def active_data(
-        self, protected: bool, check: DataCheck, timeout: float, host: str, port: int
+        self, reuse: SessionReuse | None, report: DataReport, timeout: float, host: str, port: int
     ) -> DataChannel:
         channel = DataChannel(
-            self.runtime.reactor, self.peer, self._data_tls(protected, check), timeout
+            self.runtime.reactor, self.peer, self._data_tls(reuse, report), timeout
         )
         channel.set_active(host, port, normalize_address(self.local_host))
         return channel

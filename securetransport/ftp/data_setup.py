@@ -7,12 +7,12 @@ from __future__ import annotations
 from twisted.logger import Logger
 
 from securetransport.client import normalize_address
+from securetransport.config import SessionReuse
 from securetransport.ftp import addresses
 from securetransport.ftp.passive import NoPassivePort
 from securetransport.ftp.session import Session
 from securetransport.replies import Reply
 from securetransport.tls.facts import HandshakeInfo
-from securetransport.tls.reuse import check_data_session
 
 log = Logger(namespace="securetransport.ftp.data_setup")
 
@@ -21,23 +21,23 @@ class DataSetupCommands:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def check_data_tls(self, info: HandshakeInfo) -> str | None:
-        """A protected data connection's handshake: None to accept it, or the 522 text."""
-        session = self.session
-        klass = session.state.klass
-        required = klass is None or klass.session_reuse == "required"
-        control = session.handshake
-        assert control is not None  # data is protected only under a protected control channel
-        problem = check_data_session(control, info, info.resumed, required)
-        session.audit.tls_data(info, accepted=problem is None)
-        return problem
+    def _reuse(self) -> SessionReuse | None:
+        """How a protected data connection must resume TLS; None: the data is clear."""
+        state = self.session.state
+        if not state.prot_private:
+            return None
+        return state.klass.session_reuse if state.klass is not None else "required"
+
+    def report_data_tls(self, info: HandshakeInfo, sibling: bool, problem: str | None) -> None:
+        """A protected data connection's handshake and binding check (tls.groups)."""
+        self.session.audit.tls_data(info, accepted=problem is None, sibling=sibling)
 
     def _listen_passive(self) -> int | None:
         session = self.session
         session.drop_data_setup()
         try:
             data, port = session.channel.passive_data(
-                session.state.prot_private, self.check_data_tls, session.config.server.data_timeout
+                self._reuse(), self.report_data_tls, session.config.server.data_timeout
             )
         except NoPassivePort:
             session.reply(Reply.CANT_OPEN_DATA, "No passive port free; try again")
@@ -106,8 +106,8 @@ class DataSetupCommands:
             return
         session.drop_data_setup()
         session.data = session.channel.active_data(
-            session.state.prot_private,
-            self.check_data_tls,
+            self._reuse(),
+            self.report_data_tls,
             session.config.server.data_timeout,
             host,
             port,

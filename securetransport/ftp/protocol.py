@@ -1,8 +1,8 @@
 """The FTP/FTPS control connection: a thin Twisted shell around the engine.
 
 The shell owns the connection: it buffers and queues command lines, serves the urgent
-ones (ABOR, STAT, QUIT) at once during a transfer, dispatches the others one at a time
-through the command table (`commands.check`, then a handler group), and stops serving
+ones (ABOR, STAT, QUIT) at once during a transfer, hands the others one at a time to the
+engine (`engine.Engine`: the command table's check, then a handler group), and stops serving
 while the client does not read its replies. The engine is in the modules beside it:
 `state` (phases and the session record), `session` (what the handler groups share),
 `security`, `login`, `files`, `data_setup`, `transfers` (the handler groups),
@@ -25,17 +25,12 @@ from securetransport.auth import IFTPAvatar
 from securetransport.config import ClassConfig
 from securetransport.ftp import parser
 from securetransport.ftp.channel import LocalControlChannel
-from securetransport.ftp.commands import COMMANDS, Group, check
-from securetransport.ftp.data_setup import DataSetupCommands
-from securetransport.ftp.files import FileCommands
-from securetransport.ftp.login import LoginCommands
-from securetransport.ftp.security import SecurityCommands
+from securetransport.ftp.commands import COMMANDS
+from securetransport.ftp.engine import Engine
 from securetransport.ftp.session import IRunningTransfer, Session
 from securetransport.ftp.sniff import describe_first_bytes
-from securetransport.ftp.transfers import TransferCommands
 from securetransport.replies import Reply
-from securetransport.runtime import ServerRuntime
-from securetransport.vfs import FilesystemError
+from securetransport.runtime import IServedSession, ServerRuntime
 
 log = Logger(namespace="securetransport.ftp.protocol")
 
@@ -43,7 +38,7 @@ MAX_COMMANDS_BEFORE_LOGIN = 20
 MAX_QUEUED_COMMANDS = 32
 
 
-@implementer(IHandshakeListener, IPushProducer)
+@implementer(IHandshakeListener, IPushProducer, IServedSession)
 class FTPSession(Protocol):
     """One control connection."""
 
@@ -52,7 +47,7 @@ class FTPSession(Protocol):
         "_counted",
         "busy",
         "channel",
-        "groups",
+        "engine",
         "implicit",
         "lines",
         "output_blocked",
@@ -74,7 +69,7 @@ class FTPSession(Protocol):
         self._counted = False
         self.session: Session | None = None
         self.channel: LocalControlChannel | None = None
-        self.groups: dict[Group, object] = {}
+        self.engine: Engine | None = None
 
     # ------------------------------------------------------------------- what the service sees
     @property
@@ -109,20 +104,15 @@ class FTPSession(Protocol):
 
     # ------------------------------------------------------------------- connection
     def connectionMade(self) -> None:
-        channel = LocalControlChannel(self.transport, self.server, self._drop_input)
+        channel = LocalControlChannel(
+            self.transport, self.server, self._drop_input, self._sibling_logging_in
+        )
         channel.tune()
         self.channel = channel
         session_id = f"{channel.peer}:{channel.peer_port}-{int(time.time() * 1000) % 10**9}"
         session = Session(self.server, channel, self.implicit, session_id)
         self.session = session
-        self.groups = {
-            Group.SESSION: self,
-            Group.SECURITY: SecurityCommands(session),
-            Group.LOGIN: LoginCommands(session),
-            Group.FILES: FileCommands(session),
-            Group.DATA_SETUP: DataSetupCommands(session),
-            Group.TRANSFERS: TransferCommands(session),
-        }
+        self.engine = Engine(session)
         if self.server.guard.is_banned(session.peer, self.server.reactor.seconds()):
             log.info("refused {peer}: banned", peer=session.peer)
             session.refuse("Too many failed logins; try again later")
@@ -144,10 +134,8 @@ class FTPSession(Protocol):
         session.reply(Reply.SERVICE_READY, self.server.config.server.banner)
 
     def handshakeCompleted(self) -> None:
-        assert self.channel is not None
-        security = self.groups[Group.SECURITY]
-        assert isinstance(security, SecurityCommands)
-        security.tls_up(self.channel.handshake_done())
+        assert self.channel is not None and self.engine is not None
+        self.engine.tls_up(self.channel.handshake_done())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         session = self.session
@@ -180,6 +168,19 @@ class FTPSession(Protocol):
 
     def stopProducing(self) -> None:
         """The connection is going away: connectionLost does the rest."""
+
+    def _sibling_logging_in(self) -> bool:
+        """A TLS control connection from this address has yet to log in ("account" reuse:
+        a data connection may be offering that connection's session)."""
+        me = self.session
+        assert me is not None
+        for other in self.server.open_sessions:
+            theirs = other.session if isinstance(other, FTPSession) else None
+            if other is self or theirs is None or theirs.closing:
+                continue
+            if theirs.peer == me.peer and theirs.state.protected and not theirs.state.logged_in:
+                return True
+        return False
 
     # ------------------------------------------------------------------- input
     def _drop_input(self) -> None:
@@ -255,8 +256,8 @@ class FTPSession(Protocol):
         session = self.session
         assert session is not None
         self.busy = False
-        if session.state.quit_after_transfer and session.transfer is None:
-            self._quit()
+        assert self.engine is not None
+        if self.engine.after_command():
             return
         session.reset_idle_timer()
         self._drain()
@@ -293,44 +294,8 @@ class FTPSession(Protocol):
         return self._dispatch(command)
 
     def _dispatch(self, command: parser.Command) -> Deferred[Any] | None:
-        session = self.session
-        assert session is not None
-        if session.closing:
-            return None
-        spec = COMMANDS.get(command.verb)
-        if spec is None:
-            session.reply(Reply.SYNTAX_ERROR, f"{command.verb} not understood")
-            return None
-        argument = command.argument or ""
-        refused = check(spec, session.state.phase, argument, session.state.protected)
-        if refused is not None:
-            session.reply(*refused)
-            return None
-        if spec.writes and session.read_only:
-            session.reply(Reply.FILE_UNAVAILABLE, "Permission denied: read-only account")
-            return None
-        if spec.writes and not spec.data and command.verb != "REST":
-            session.state.rest = 0
-        handler = getattr(self.groups[spec.group], spec.method)
-        try:
-            result: Deferred[Any] | None = handler(argument)
-        except FilesystemError as error:
-            session.reply(error.code, parser.sanitize_reply_text(error.message))
-            return None
-        return result
-
-    # ------------------------------------------------------------------- QUIT
-    def ftp_QUIT(self, argument: str) -> None:
-        assert self.session is not None
-        if self.session.transfer is not None:
-            self.session.state.quit_after_transfer = True
-            return
-        self._quit()
-
-    def _quit(self) -> None:
-        assert self.session is not None
-        self.session.reply(Reply.CLOSING_CONTROL, "Goodbye")
-        self.session.close()
+        assert self.engine is not None
+        return self.engine.dispatch(command)
 
 
 def _urgent(command: parser.Command) -> bool:

@@ -161,11 +161,14 @@ class Session:
         self._logout = logout
         self.fs = avatar.filesystem
         self.state.logged_in_as(name, klass)
+        if klass is not None and klass.session_reuse == "account" and self.state.protected:
+            self.channel.join_reuse_group(name)
         self.cancel_login_timer()
         self.reset_idle_timer()
 
     def log_out(self) -> None:
         """Forget the login (REIN, close); the realm's logout runs once."""
+        self.channel.leave_reuse_group()
         if self._logout is not None:
             logout, self._logout = self._logout, None
             logout()

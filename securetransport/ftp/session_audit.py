@@ -41,7 +41,7 @@ class SessionAudit:
             certificate_reason=certificate.reason if certificate else None,
         )
 
-    def tls_data(self, info: HandshakeInfo, accepted: bool) -> None:
+    def tls_data(self, info: HandshakeInfo, accepted: bool, sibling: bool = False) -> None:
         self.audit.event(
             "tls",
             session=self.session_id,
@@ -49,6 +49,7 @@ class SessionAudit:
             version=info.tls_version,
             cipher=info.cipher,
             resumed=info.resumed,
+            sibling=sibling,
             accepted=accepted,
         )
 

@@ -25,7 +25,13 @@ from securetransport.tls.context import (
     SessionContextFactory,
     load_server_credentials,
 )
-from securetransport.tls.verify import LoadedCRL, TrustStore, crl_warnings, load_trust_store
+from securetransport.tls.verify import (
+    LoadedCRL,
+    TrustStore,
+    crl_warnings,
+    load_trust_store,
+    prepare_stores,
+)
 
 log = Logger(namespace="securetransport.tls.material")
 
@@ -48,12 +54,10 @@ def load_tls(config: Config, previous: TLSRuntime | None = None) -> TLSRuntime |
         config.tls.client_ca, config.tls.crl, previous=previous.trust if previous else None
     )
     credentials = load_server_credentials(config.tls)
-    for warning in (
-        *credentials.warnings,
-        *trust.warnings,
-        *crl_warnings(trust, datetime.now(UTC)),
-    ):
+    now = datetime.now(UTC)
+    for warning in (*credentials.warnings, *trust.warnings, *crl_warnings(trust, now)):
         log.warn("{text}", text=warning)
+    prepare_stores(trust, now)
     return TLSRuntime(contexts=SessionContextFactory(credentials), trust=trust)
 
 
@@ -157,4 +161,5 @@ def tls_runtime(material: TLSMaterial | None) -> TLSRuntime | None:
             LoadedCRL(Path(path), x509.load_der_x509_crl(der)) for path, der in material.crls
         ),
     )
+    prepare_stores(trust, datetime.now(UTC))
     return TLSRuntime(contexts=SessionContextFactory(credentials), trust=trust)
