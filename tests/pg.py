@@ -15,10 +15,10 @@ import pwd
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
-from pathlib import Path
+
+from hardening import unprivileged
 
 PG_USER = "postgres"
 
@@ -46,7 +46,8 @@ class PostgresServer:
     """A throwaway cluster: `start()`, `url(database)`, `create_database()`, `stop()`."""
 
     def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="st-pg-"))
+        # a folder every user can reach (servers dropped to "nobody" use the socket)
+        self.root = unprivileged.readable_folder("st-pg-")
         entry = pwd.getpwnam(PG_USER)
         os.chown(self.root, entry.pw_uid, entry.pw_gid)
         os.chmod(self.root, 0o711)  # servers dropped to "nobody" reach the socket, not the data
