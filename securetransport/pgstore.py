@@ -163,6 +163,8 @@ class PostgreSQLUserStore:
                 max_size=max_size,
                 timeout=timeout,
                 open=False,
+                # a connection broken by a database restart is replaced, not used
+                check=ConnectionPool.check_connection,
                 kwargs={"connect_timeout": int(timeout)},
                 name="securetransport-users",
             )

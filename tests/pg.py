@@ -15,10 +15,10 @@ import pwd
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
-from pathlib import Path
+
+from hardening import unprivileged
 
 PG_USER = "postgres"
 
@@ -46,7 +46,8 @@ class PostgresServer:
     """A throwaway cluster: `start()`, `url(database)`, `create_database()`, `stop()`."""
 
     def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="st-pg-"))
+        # a folder every user can reach (servers dropped to "nobody" use the socket)
+        self.root = unprivileged.readable_folder("st-pg-")
         entry = pwd.getpwnam(PG_USER)
         os.chown(self.root, entry.pw_uid, entry.pw_gid)
         os.chmod(self.root, 0o711)  # servers dropped to "nobody" reach the socket, not the data
@@ -61,11 +62,20 @@ class PostgresServer:
              "--no-sync", "-E", "UTF8", "--locale=C"]
         )  # fmt: skip
         as_postgres(["mkdir", "-m", "0711", str(self.socket_dir)])
+        return self._run(timeout)
+
+    def restart(self, timeout: float = 60) -> PostgresServer:
+        """Stop by pid and start again on the same data and socket (clients lose their
+        connections)."""
+        self._halt()
+        return self._run(timeout)
+
+    def _run(self, timeout: float) -> PostgresServer:
         self.process = subprocess.Popen(
             ["runuser", "-u", PG_USER, "--", pg_binary("postgres"), "-D", str(self.data),
              "-c", "listen_addresses=", "-k", str(self.socket_dir), "-c", "fsync=off",
              "-c", "full_page_writes=off", "-c", "max_connections=200"],
-            stdout=subprocess.DEVNULL, stderr=open(self.root / "server.log", "wb"),
+            stdout=subprocess.DEVNULL, stderr=open(self.root / "server.log", "ab"),
         )  # fmt: skip
         deadline = time.monotonic() + timeout
         pidfile = self.data / "postmaster.pid"
@@ -76,7 +86,7 @@ class PostgresServer:
                 lines = pidfile.read_text().splitlines()
             except OSError:
                 lines = []
-            if len(lines) >= 8 and lines[7].strip() == "ready":
+            if len(lines) >= 8 and lines[7].strip() == "ready" and int(lines[0]) != self.pid:
                 self.pid = int(lines[0])
                 atexit.register(self.stop)
                 return self
@@ -104,6 +114,10 @@ class PostgresServer:
 
     def stop(self) -> None:
         """Fast shutdown by pid (SIGINT), then remove the folder."""
+        self._halt()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _halt(self) -> None:
         if self.pid is not None:
             try:
                 os.kill(self.pid, signal.SIGINT)
@@ -117,7 +131,6 @@ class PostgresServer:
                 self.process.kill()
                 self.process.wait()
             self.process = None
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 _shared: PostgresServer | None = None

@@ -34,6 +34,7 @@ from securetransport.userstore import (
     open_user_store,
 )
 from tests.pg import shared_postgres
+from tests.test_fakes import UserStoreContract as EngineUserStoreContract
 from tests.test_userstore import temp_dir
 
 FP = "ab" * 32
@@ -200,6 +201,17 @@ class PostgreSQLContract(UserStoreContract, SynchronousTestCase):
             self.url = shared_postgres().create_database()
             upgrade(self.url)
         return open_user_store(self.url)
+
+
+class PostgreSQLEngineContract(EngineUserStoreContract, SynchronousTestCase):
+    """tests/test_fakes.py's contract (what the engine and the CLI rely on), on PostgreSQL."""
+
+    def make_store(self) -> Any:
+        url = shared_postgres().create_database()
+        upgrade(url)
+        store = open_user_store(url)
+        self.addCleanup(store.close)
+        return store
 
 
 # --- what only the PostgreSQL store has ---------------------------------------------------

@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from hardening import unprivileged
 from hardening.server import DEFAULT_CLASSES, PASSWORD, free_port, twistd_path
 from securetransport.passwords import hash_password
 from securetransport.pgstore import PostgreSQLUserStore, upgrade
@@ -31,6 +32,14 @@ from securetransport.userstore import Account
 CLIENT = "127.0.0.5"  # the clients' source address
 BALANCER = "127.0.0.1"
 SLICE = 20  # passive ports per node
+
+
+def reachable_root(case: object) -> Path:
+    """A new folder under the system temp folder that an unprivileged server can reach
+    (the checkout may lie in a 0700 folder), removed after the test."""
+    folder = unprivileged.readable_folder("st-nodes-")
+    case.addCleanup(shutil.rmtree, folder, True)  # type: ignore[attr-defined]
+    return folder / "root"
 
 
 def haproxy_binary() -> str:
@@ -104,14 +113,19 @@ port = {self.metrics_port}
     def start(self, timeout: float = 30) -> Node:
         self.write_config()
         args = [twistd_path(), "-n", "--pidfile="]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         run_as = self.cluster.run_as
         if run_as is not None:
+            # After the drop it still imports: from copies it can read, not the checkout.
+            python = unprivileged.runtime()
+            args = [*python.twistd_command(), "-n", "--pidfile="]
             args += ["--uid", str(run_as[0]), "--gid", str(run_as[1])]
+            env = python.env(env)
         args += ["securetransport", "--config", str(self.config_path)]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=str(self.cluster.root), env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                cwd=str(self.cluster.root), env=env,
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

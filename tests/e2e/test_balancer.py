@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ftplib
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,14 +14,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from hardening.server import PASSWORD
 from securetransport.proxy import format_v1
-from tests.e2e.balancer import BALANCER, CLIENT, Cluster, Node
+from tests.e2e.balancer import BALANCER, CLIENT, Cluster, Node, reachable_root
 from tests.e2e.harness import random_file, require_tool, sha256_file
 from tests.pg import shared_postgres
 
 
 class BalancedCluster(SynchronousTestCase):
     def setUp(self) -> None:
-        root = Path(self.mktemp()).absolute()
+        root = reachable_root(self)
         self.cluster = Cluster(root, shared_postgres().create_database())
         self.addCleanup(self.cluster.stop)
         self.cluster.start()
@@ -158,3 +160,51 @@ class NodeFailures(BalancedCluster):
         self.assertEqual(self.sessions(other), before_other + 4)
         self.assertLess(time.monotonic() - moved_after, 30)
         self.assertIsNone(node.health())
+
+
+class ChangesReachEveryNode(BalancedCluster):
+    def connect(self) -> ftplib.FTP:
+        ftp = ftplib.FTP(timeout=15, source_address=(CLIENT, 0))
+        ftp.connect(BALANCER, self.cluster.port)
+        return ftp
+
+    def test_failures_through_the_balancer_ban_on_every_node(self) -> None:
+        before = [self.sessions(n) for n in self.cluster.nodes]
+        for index in range(5):  # max_login_failures, spread by round robin, one name each
+            ftp = self.connect()
+            with self.assertRaises(ftplib.error_perm):
+                ftp.login(f"nobody{index}", "wrong")
+            ftp.close()
+        spread = [self.sessions(n) - c for n, c in zip(self.cluster.nodes, before, strict=True)]
+        self.assertGreater(min(spread), 0, spread)
+        banned_at = time.monotonic()
+        for node in self.cluster.nodes:  # directly on each node, from the banned client
+            while True:
+                with socket.create_connection(
+                    (node.address, node.port), timeout=10, source_address=(CLIENT, 0)
+                ) as sock:
+                    greeting = sock.makefile("rb").readline()
+                if greeting.startswith(b"421"):
+                    break
+                self.assertLess(time.monotonic() - banned_at, 2.0, (node.name, greeting))
+                time.sleep(0.1)
+
+    def test_disable_by_the_command_ends_sessions_on_every_node_within_2_s(self) -> None:
+        before = [self.sessions(n) for n in self.cluster.nodes]
+        sessions = [self.connect() for _ in range(2)]  # round robin: one on each node
+        for ftp in sessions:
+            ftp.login("alice", PASSWORD)
+        spread = [self.sessions(n) - c for n, c in zip(self.cluster.nodes, before, strict=True)]
+        self.assertEqual(spread, [1, 1])
+        started = time.monotonic()
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "securetransport"), "--config",
+             str(self.cluster.nodes[0].config_path), "users", "disable", "alice"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for ftp in sessions:
+            line = ftp.getline()
+            self.assertTrue(line.startswith("421"), line)
+            ftp.close()
+        self.assertLess(time.monotonic() - started, 2.0 + 1.0)  # the command's own start-up aside

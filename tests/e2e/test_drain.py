@@ -9,13 +9,13 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from hardening.clients import open_session
 from hardening.server import DEFAULT_CLASSES, ServerProcess, free_port
+from tests.e2e.balancer import reachable_root
 from tests.e2e.harness import PASSWORD, random_file
 
 
@@ -23,8 +23,7 @@ class DrainTest(SynchronousTestCase):
     grace = 30
 
     def setUp(self) -> None:
-        root = Path(self.mktemp()).absolute()
-        root.parent.chmod(0o755)  # mkdtemp's 0700 would keep "nobody" out
+        root = reachable_root(self)  # "nobody" must reach it
         self.metrics_port = free_port()
         metrics = f'\n[metrics]\naddress = "127.0.0.1"\nport = {self.metrics_port}\n'
         self.server = ServerProcess(

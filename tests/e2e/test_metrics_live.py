@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import ftplib
 import time
 import urllib.request
-from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from hardening.clients import open_session
 from hardening.server import DEFAULT_CLASSES, ServerProcess, free_port
-from tests.e2e.harness import PASSWORD
+from tests.e2e.balancer import reachable_root
+from tests.e2e.harness import PASSWORD, LiveServer, in_thread
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -33,8 +36,7 @@ class LiveMetrics(SynchronousTestCase):
     run_as: str | None = "auto"
 
     def setUp(self) -> None:
-        root = Path(self.mktemp()).absolute()
-        root.parent.chmod(0o755)
+        root = reachable_root(self)  # "nobody" must reach it
         self.port = free_port()
         metrics = f'\n[metrics]\naddress = "127.0.0.1"\nport = {self.port}\n'
         self.server = ServerProcess(
@@ -78,3 +80,38 @@ class LiveMetricsWithWorkers(LiveMetrics):
 
     workers = 2
     run_as = None  # the workers run the venv's interpreter (as tests/e2e/test_workers.py)
+
+
+class InProcessRefusals(TestCase):
+    """521 and a login, counted on a live in-process server's /metrics."""
+
+    @defer.inlineCallbacks
+    def test_521_refusal_is_counted(self) -> Any:
+        port = free_port()
+        classes = (
+            '[[class]]\nname = "strict"\nssl = "mandatory"\nlogin = ["password"]\n'
+            'client_certificate = "off"\n'
+            f'\n[metrics]\naddress = "127.0.0.1"\nport = {port}\n'
+        )
+        server = LiveServer(self, classes=classes).start()
+
+        def client() -> str:
+            ftp = ftplib.FTP_TLS(timeout=10)
+            ftp.context.load_verify_locations(str(server.pki / "ca.crt"))
+            ftp.context.check_hostname = False
+            ftp.connect("127.0.0.1", server.explicit_port)
+            ftp.login("alice", PASSWORD)  # AUTH TLS first; no PROT P
+            try:
+                ftp.nlst()
+                reply = "no refusal"
+            except ftplib.error_perm as error:
+                reply = str(error)
+            ftp.quit()
+            return reply
+
+        reply = yield in_thread(client)
+        self.assertTrue(reply.startswith("521"), reply)
+        found = yield in_thread(scrape, port)
+        self.assertEqual(found.get("securetransport_refusals_total"), 1, found)
+        self.assertEqual(found.get("securetransport_logins_total{password,success}"), 1, found)
+        self.assertEqual(found.get("securetransport_sessions_open", 0.0), 0, found)  # QUIT done
