@@ -21,7 +21,8 @@ from hardening import unprivileged
 from securetransport.config import load_config
 from securetransport.passwords import hash_password
 from securetransport.pki import init_pki
-from securetransport.userstore import Account, open_user_store
+from securetransport.stores import open_user_store
+from securetransport.userstore import Account
 
 PASSWORD = "correct-horse-battery-9"
 DEFAULT_CLASSES = """

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
+from OpenSSL import SSL
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 TLSMode = Literal["explicit", "implicit"]
@@ -473,8 +475,6 @@ def _ciphers(value: object) -> str:
 
 
 def _openssl_accepts_ciphers(ciphers: str) -> bool:
-    from OpenSSL import SSL
-
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     try:
         context.set_cipher_list(ciphers.encode("ascii"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from datetime import UTC, datetime
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -16,13 +17,30 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
 from securetransport.audit import AuditLog, XferLog
+from securetransport.auth import make_portal
+from securetransport.cluster import RESYNC_SECONDS, ChangeListener, ClusterGuard, node_name
 from securetransport.config import Config
 from securetransport.ftp.passive import PassivePortProvider
 from securetransport.ftp.protocol import FTPFactory
 from securetransport.ftp.sniff import ImplicitPortWatch
 from securetransport.limits import LoginGuard, SessionCounter
+from securetransport.metrics import (
+    REFRESH_SECONDS,
+    Metrics,
+    in_worker_multiprocess_mode,
+    listen_metrics,
+    render_registry,
+)
+from securetransport.passwords import VerificationPool
+from securetransport.pgstore import CHANNEL, PostgreSQLUserStore
+from securetransport.proxy import wrap_factory
 from securetransport.runtime import IWorkerRole, ServerRuntime
+from securetransport.stores import open_user_store
+from securetransport.tls.context import connection_creator
 from securetransport.tls.material import TLSFileWatch, TLSRuntime, load_tls
+from securetransport.tls.verify import crl_warnings
+from securetransport.userstore import AsyncUserStore
+from securetransport.vfs import LocalFilesystem, ensure_home, sweep_temporaries
 
 log = Logger(namespace="securetransport.service")
 
@@ -73,11 +91,6 @@ class SecureTransportService(MultiService):
         self._resync: LoopingCall | None = None
 
     def build_runtime(self) -> ServerRuntime:
-        from securetransport.auth import make_portal
-        from securetransport.passwords import VerificationPool
-        from securetransport.userstore import AsyncUserStore, open_user_store
-        from securetransport.vfs import LocalFilesystem, ensure_home, sweep_temporaries
-
         config = self.config
         server = config.server
         server.home_root.mkdir(parents=True, exist_ok=True)
@@ -197,10 +210,6 @@ class SecureTransportService(MultiService):
 
     def warn_about_crls(self) -> list[str]:
         """Log CRLs within 7 days of their next update (or past it); also done at each load."""
-        from datetime import UTC, datetime
-
-        from securetransport.tls.verify import crl_warnings
-
         runtime = self.runtime
         if runtime is None or runtime.tls is None:
             return []
@@ -215,8 +224,6 @@ class SecureTransportService(MultiService):
         ftp_factory = FTPFactory(self.runtime, implicit=listen.tls == "implicit")  # type: ignore[arg-type]
         self._factories.append(ftp_factory)
         if listen.tls == "implicit":
-            from securetransport.tls.context import connection_creator
-
             if not self.config.tls.enabled:
                 raise ValueError("an implicit listener needs [tls]")
 
@@ -246,11 +253,8 @@ class SecureTransportService(MultiService):
 
     def _cluster_guard(self, local: Any, database: ThreadPool) -> Any:
         """On PostgreSQL, failures and bans are shared by every node (securetransport.cluster)."""
-        from securetransport.pgstore import PostgreSQLUserStore
-
         if not isinstance(self._store, PostgreSQLUserStore):
             return local
-        from securetransport.cluster import ClusterGuard, node_name
 
         self._store.node = node_name()
         server = self.config.server
@@ -267,9 +271,6 @@ class SecureTransportService(MultiService):
 
     def _start_cluster(self) -> None:
         """LISTEN for the other nodes' changes; resync now and then (the backstop)."""
-        from securetransport.cluster import RESYNC_SECONDS, ChangeListener
-        from securetransport.pgstore import CHANNEL
-
         self._listener = ChangeListener(
             self.config.server.users, CHANNEL, self.reactor, self.on_change, self.resync
         )
@@ -302,14 +303,6 @@ class SecureTransportService(MultiService):
     def _start_metrics(self, runtime: ServerRuntime) -> None:
         """Count the audit events; serve `[metrics]` here, or, as a worker, refresh the
         multiprocess files the supervisor serves (securetransport.metrics)."""
-        from securetransport.metrics import (
-            REFRESH_SECONDS,
-            Metrics,
-            in_worker_multiprocess_mode,
-            listen_metrics,
-            render_registry,
-        )
-
         metrics = self.metrics = Metrics()
         runtime.audit.observers.append(metrics.observe)
 
@@ -364,8 +357,6 @@ class SecureTransportService(MultiService):
 
     def _behind_proxy(self, factory: Any) -> Any:
         """The factory behind the `[proxy]` header reader, when configured (SPEC section 10)."""
-        from securetransport.proxy import wrap_factory
-
         return wrap_factory(factory, self.config.proxy, self.reactor)
 
     def reload(self) -> None:
@@ -437,14 +428,9 @@ def preload_modules(config: Config) -> None:
     files may be unreadable once twistd has dropped privileges."""
     if config.metrics is not None:
         import prometheus_client.multiprocess  # noqa: F401
-
-        import securetransport.metrics  # noqa: F401
     if config.server.users.startswith("postgresql://"):
         import psycopg  # noqa: F401
         import psycopg_pool  # noqa: F401
-
-        import securetransport.cluster  # noqa: F401
-        import securetransport.pgstore  # noqa: F401
 
 
 def pid_is_root() -> bool:

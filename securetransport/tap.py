@@ -10,6 +10,13 @@ from twisted.python import usage
 
 from securetransport.cli import DEFAULT_CONFIG
 from securetransport.config import Config, ConfigError, load_config
+from securetransport.pgstore import PostgreSQLUserStore
+from securetransport.service import SecureTransportService
+from securetransport.tls.context import TLSConfigError
+from securetransport.tls.material import load_tls
+from securetransport.tls.verify import TrustStoreError
+from securetransport.userstore import UserStoreError
+from securetransport.workers import WorkerSupervisor
 
 
 class Options(usage.Options):
@@ -24,10 +31,6 @@ class Options(usage.Options):
             raise usage.UsageError("\n".join(error.problems)) from None
         # The [tls] files are parsed here, before twistd drops privileges (keys may be
         # readable by root only); a bad file is one line naming the key.
-        from securetransport.tls.context import TLSConfigError
-        from securetransport.tls.material import load_tls
-        from securetransport.tls.verify import TrustStoreError
-
         config: Config = self["parsed"]
         key = config.tls.private_key
         if key is not None and key.exists() and key.stat().st_mode & 0o006:
@@ -58,8 +61,6 @@ def check_user_store(config: Config) -> None:
     otherwise one line naming the key, and `securetransport db upgrade` when it is older."""
     if not config.server.users.startswith("postgresql://"):
         return
-    from securetransport.pgstore import PostgreSQLUserStore
-    from securetransport.userstore import UserStoreError
 
     try:
         PostgreSQLUserStore(config.server.users, max_size=1).close()
@@ -82,11 +83,7 @@ def tls_problem(error: Exception, config: Config) -> str:
 
 
 def makeService(options: Options) -> IService:
-    from securetransport.service import SecureTransportService
-
     config: Config = options["parsed"]
     if config.server.workers > 1:
-        from securetransport.workers import WorkerSupervisor
-
         return WorkerSupervisor(config, tls=options["tls"])
     return SecureTransportService(config, tls=options["tls"])

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -345,26 +345,6 @@ class SQLiteUserStore:
 if TYPE_CHECKING:
     # What the blocking-store parameters accept (mypy has no zope plugin here).
     BlockingUserStore: TypeAlias = IUserStore | SQLiteUserStore
-
-
-def open_user_store(url: str) -> IUserStore:
-    """Open the store named by a URL: `sqlite:/absolute/path` (the folder is created), or
-    `postgresql://...` (securetransport.pgstore; the schema must be up to date)."""
-    if url.startswith("postgresql://"):
-        from securetransport.pgstore import PostgreSQLUserStore
-
-        return cast(IUserStore, PostgreSQLUserStore(url))
-    scheme, sep, rest = url.partition(":")
-    if not sep or scheme != "sqlite":
-        raise UserStoreError(f"unsupported user store URL (want sqlite:/path): {url}")
-    path = Path(rest)
-    if not rest or not path.is_absolute():
-        raise UserStoreError(f"user store path must be absolute: {url}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as error:
-        raise UserStoreError(f"cannot create {path.parent}: {error.strerror}") from None
-    return cast(IUserStore, SQLiteUserStore(path))
 
 
 # --- non-blocking wrapper -----------------------------------------------------------

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -45,7 +47,9 @@ from zope.interface import implementer
 import securetransport
 from securetransport.audit import AuditLog
 from securetransport.config import Config, ListenConfig, ServerConfig
+from securetransport.metrics import listen_metrics, multiprocess_render
 from securetransport.runtime import IWorkerRole
+from securetransport.service import preload_modules, sweep_min_age
 from securetransport.shared_limits import SharedLimits, SharedLoginGuard, SharedSessionCounter
 from securetransport.tls.material import (
     TLSFileWatch,
@@ -54,6 +58,7 @@ from securetransport.tls.material import (
     load_tls,
     tls_material,
 )
+from securetransport.vfs import sweep_temporaries
 
 log = Logger(namespace="securetransport.workers")
 
@@ -281,7 +286,6 @@ class WorkerSupervisor(MultiService):
 
     def privilegedStartService(self) -> None:
         """Before twistd drops privileges: bind the listeners (ports 21 and 990 need root)."""
-        from securetransport.service import preload_modules
 
         super().privilegedStartService()
         preload_modules(self.config)
@@ -302,13 +306,10 @@ class WorkerSupervisor(MultiService):
             )
 
     def startService(self) -> None:
-        from securetransport.vfs import sweep_temporaries
-
         super().startService()
         self._bind()
         server = self.config.server
         server.home_root.mkdir(parents=True, exist_ok=True)
-        from securetransport.service import sweep_min_age
 
         # once, before any worker uploads (sparing other nodes' uploads on a shared tree)
         swept = sweep_temporaries(server.home_root, sweep_min_age(self.config))
@@ -334,9 +335,6 @@ class WorkerSupervisor(MultiService):
 
     def _start_metrics(self) -> None:
         """One endpoint for the whole server: the workers' values, aggregated (metrics.py)."""
-        import tempfile
-
-        from securetransport.metrics import listen_metrics, multiprocess_render
 
         folder = SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK) else Path("/tmp")
         self.metrics_dir = tempfile.mkdtemp(prefix="securetransport-metrics-", dir=folder)
@@ -508,8 +506,6 @@ class WorkerSupervisor(MultiService):
                 self.metrics_port.stopListening()
                 self.metrics_port = None
             if self.metrics_dir is not None:
-                import shutil
-
                 shutil.rmtree(self.metrics_dir, ignore_errors=True)
                 self.metrics_dir = None
             if self.limits is not None:

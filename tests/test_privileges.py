@@ -19,7 +19,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from hardening.unprivileged import readable_folder, runtime
 from securetransport.passwords import hash_password
 from securetransport.pki import init_pki
-from securetransport.userstore import Account, open_user_store
+from securetransport.stores import open_user_store
+from securetransport.userstore import Account
 
 PASSWORD = "drop-privileges-1"
 

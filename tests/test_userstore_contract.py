@@ -25,13 +25,13 @@ from securetransport.pgstore import (
     SchemaError,
     upgrade,
 )
+from securetransport.stores import open_user_store
 from securetransport.userstore import (
     Account,
     AsyncUserStore,
     IUserStore,
     SQLiteUserStore,
     UserStoreError,
-    open_user_store,
 )
 from tests.pg import shared_postgres
 from tests.test_fakes import UserStoreContract as EngineUserStoreContract

@@ -28,11 +28,11 @@ from securetransport.cli import (
 from securetransport.client import ClientFacts, normalize_address
 from securetransport.config import Config
 from securetransport.policy import UserDecision, decide_user
+from securetransport.stores import open_user_store
 from securetransport.tls.verify import TrustStore, TrustStoreError, load_trust_store
 from securetransport.userstore import (
     Account,
     UserStoreError,
-    open_user_store,
     pinned_by_any_account,
     valid_account_name,
 )

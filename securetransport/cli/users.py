@@ -26,12 +26,12 @@ from securetransport.cli import (
 from securetransport.config import Config
 from securetransport.passwords import hash_password
 from securetransport.pki import PKIError, load_certificate
+from securetransport.stores import open_user_store
 from securetransport.userstore import (
     Account,
     UserStoreError,
     certificate_fingerprint,
     normalize_fingerprint,
-    open_user_store,
     valid_account_name,
 )
 

@@ -19,7 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from securetransport.cli import main
 from securetransport.pki import init_pki, new_key
-from securetransport.userstore import Account, certificate_fingerprint, open_user_store
+from securetransport.stores import open_user_store
+from securetransport.userstore import Account, certificate_fingerprint
 
 CONFIG = """
 [server]

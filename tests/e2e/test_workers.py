@@ -28,7 +28,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from hardening.unprivileged import runtime
 from securetransport.passwords import hash_password
 from securetransport.pki import init_pki
-from securetransport.userstore import Account, open_user_store
+from securetransport.stores import open_user_store
+from securetransport.userstore import Account
 from tests.e2e.ftps_clients import RawControl, ReusingFTP_TLS
 from tests.e2e.harness import PASSWORD, random_file
 
