@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from hardening.server import DEFAULT_CLASSES
@@ -119,6 +120,16 @@ class Rclone:
         return code, (out + err).decode("utf-8", "replace")
 
 
+@defer.inlineCallbacks
+def until_empty(server: LiveServer, seconds: float) -> Any:
+    """The number of reuse-group members once the server has seen every session of the
+    client end (open sessions drop to 0), waiting at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    while server.runtime.open_sessions and time.monotonic() < deadline:
+        yield deferLater(reactor, 0.05, lambda: None)
+    return len(server.runtime.reuse_groups)
+
+
 def make_tree(root: Path) -> dict[str, str]:
     digests = {}
     for name, size in TREE.items():
@@ -172,7 +183,9 @@ class RcloneAccountTests(TestCase):
         self.assertGreater(len(logins), 1, "rclone used one control connection only")
         starts = events(self.server, "session-start")
         self.assertTrue(all(e["implicit"] is implicit for e in starts), starts)
-        self.assertEqual(len(self.server.runtime.reuse_groups), 0, "members left at logout")
+        # rclone has exited; its control connections end when the server reads their FIN.
+        open_groups = yield until_empty(self.server, seconds=10)
+        self.assertEqual(open_groups, 0, "members left at logout")
 
     @defer.inlineCallbacks
     def test_rclone_tls13_explicit(self) -> Any:
