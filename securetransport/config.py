@@ -24,7 +24,10 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 TLSMode = Literal["explicit", "implicit"]
 SSLRequirement = Literal["mandatory", "optional"]
 CertificateCheck = Literal["verify", "off"]
-LoginMethod = Literal["certificate", "password", "certificate+password"]
+LoginMethod = Literal[
+    "certificate", "password", "certificate+password", "publickey", "publickey+password"
+]
+ListenProtocol = Literal["ftp", "sftp"]
 SessionReuse = Literal["required", "off"]
 UploadMode = Literal["atomic", "resumable"]
 CertificateUser = Literal["common-name", "email", "none"]
@@ -68,6 +71,12 @@ class ListenConfig:
     address: str = "127.0.0.1"
     port: int = 2121
     tls: TLSMode = "explicit"
+    protocol: ListenProtocol = "ftp"  # "sftp": SSH (SPEC section 9); `tls` does not apply
+
+
+@dataclass(frozen=True)
+class SSHConfig:
+    host_keys: tuple[Path, ...] = ()  # OpenSSH private key files
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,7 @@ class Config:
     passive: PassiveConfig = field(default_factory=PassiveConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     classes: tuple[ClassConfig, ...] = ()
+    ssh: SSHConfig = field(default_factory=SSHConfig)
     warnings: tuple[str, ...] = ()  # `warning: KEY: ...` lines found while loading
 
 
@@ -541,7 +551,12 @@ class _Builder:
         return ServerConfig(**values)
 
     def listeners(self, value: object) -> tuple[ListenConfig, ...]:
-        fields = {"address": _ip_address, "port": _port, "tls": _choice(TLSMode)}
+        fields = {
+            "address": _ip_address,
+            "port": _port,
+            "tls": _choice(TLSMode),
+            "protocol": _choice(ListenProtocol),
+        }
         items = self.array_of_tables(value, "listen")
         if isinstance(value, list) and not value:
             self.problems.append("listen: must hold at least one [[listen]] table")
@@ -618,7 +633,7 @@ class _Builder:
                     )
                 names.setdefault(entry.name, key)
             if not bad & {"login", "client_certificate"} and entry.client_certificate == "off":
-                needs = [m for m in entry.login if m != "password"]
+                needs = [m for m in entry.login if m.startswith("certificate")]
                 if needs and "login" not in values:
                     self.problems.append(
                         f'{key}.login: the default ["certificate", "password"] needs '
@@ -647,7 +662,8 @@ class _Builder:
         tls = TLSConfig()
         tls_bad: set[str] = set()
         classes: list[tuple[ClassConfig, set[str]]] = []
-        sections = ("server", "listen", "passive", "tls", "class")
+        ssh = SSHConfig()
+        sections = ("server", "listen", "passive", "tls", "class", "ssh")
         for name, value in data.items():
             if name == "server":
                 server = self.server(value)
@@ -661,12 +677,15 @@ class _Builder:
                 tls, tls_bad = self.tls(value)
             elif name == "class":
                 classes = self.classes(value)
+            elif name == "ssh":
+                ssh = self.ssh(value)
             else:
                 kind = "table" if isinstance(value, dict | list) else "key"
                 self.problems.append(f"{_key(name)}: unknown {kind}{_did_you_mean(name, sections)}")
         if server is None:
             server = self.server_defaults({})
         self.check_tls(tls, tls_bad, listen)
+        self.check_ssh(ssh, listen)
         self.warn_classes(classes, tls, tls_bad)
         if passive_ok:
             self.warn_passive(passive, listen, ephemeral_ports)
@@ -679,10 +698,22 @@ class _Builder:
             passive=passive,
             tls=tls,
             classes=tuple(entry for entry, _ in classes),
+            ssh=ssh,
             warnings=tuple(self.warnings),
         )
 
+    def ssh(self, value: object) -> SSHConfig:
+        fields = {"host_keys": _array(self.path, allow_empty=False)}
+        result = self.table(value, "ssh", fields)
+        return SSHConfig(**(result[0] if result else {}))
+
     # Checks across keys.
+
+    def check_ssh(self, ssh: SSHConfig, listen: tuple[ListenConfig, ...]) -> None:
+        """An sftp listener needs host keys; `tls` does not apply to it."""
+        for index, listener in enumerate(listen, 1):
+            if listener.protocol == "sftp" and not ssh.host_keys:
+                self.problems.append(f'listen[{index}].protocol: "sftp" needs ssh.host_keys')
 
     def check_tls(self, tls: TLSConfig, bad: set[str], listen: tuple[ListenConfig, ...]) -> None:
         if bad & {"tls", "certificate", "private_key"}:
@@ -693,7 +724,7 @@ class _Builder:
             self.problems.append("tls.certificate: required when tls.private_key is set")
         if tls.certificate is None and tls.private_key is None:
             for index, listener in enumerate(listen, 1):
-                if listener.tls == "implicit":
+                if listener.tls == "implicit" and listener.protocol == "ftp":
                     self.problems.append(
                         f'listen[{index}].tls: "implicit" needs tls.certificate and tls.private_key'
                     )

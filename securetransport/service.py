@@ -105,6 +105,7 @@ class SecureTransportService(MultiService):
         self._watch: LoopingCall | None = None
         self._checks = 0
         self._factories: list[FTPFactory] = []
+        self._sftp_factories: list[Any] = []
         self._account_watch: LoopingCall | None = None
         self._stamps: tuple[tuple[str, float, int], ...] = ()
 
@@ -145,7 +146,15 @@ class SecureTransportService(MultiService):
                 read_only=account.read_only,
             )
 
-        portal: Portal = make_portal(users, verification, filesystem_for)
+        from securetransport.sftp.auth import SSHKeyChecker, avatar_builders
+
+        portal: Portal = make_portal(
+            users,
+            verification,
+            filesystem_for,
+            extra_checkers=[SSHKeyChecker(users, verification, config.classes)],
+            avatar_builders=avatar_builders(),
+        )
         runtime = ServerRuntime(
             config=config,
             reactor=self.reactor,
@@ -187,6 +196,8 @@ class SecureTransportService(MultiService):
         self.runtime = self.build_runtime()
         for factory in self._factories:
             factory.server = self.runtime
+        for sftp_factory in self._sftp_factories:
+            sftp_factory.runtime = self.runtime
         self._bind()
         try:
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
@@ -245,6 +256,8 @@ class SecureTransportService(MultiService):
 
     def _listen(self, listen: Any, fd: int | None = None) -> IListeningPort:
         """Listen as `listen` says, or adopt `fd`, a socket the supervisor bound that way."""
+        if listen.protocol == "sftp":
+            return self._listen_sftp(listen, fd)
         # The runtime is given to the factories in startService, before the reactor runs.
         ftp_factory = FTPFactory(self.runtime, implicit=listen.tls == "implicit")  # type: ignore[arg-type]
         self._factories.append(ftp_factory)
@@ -272,6 +285,24 @@ class SecureTransportService(MultiService):
         log.info(
             "serving FTP ({mode} TLS) on {address} port {port}",
             mode=listen.tls,
+            address=listen.address,
+            port=port.getHost().port,  # type: ignore[attr-defined]
+        )
+        return port
+
+    def _listen_sftp(self, listen: Any, fd: int | None) -> IListeningPort:
+        """An SFTP (SSH) listener; the host keys are read here, before privileges drop."""
+        from securetransport.sftp.server import SFTPFactory, load_host_keys
+
+        factory = SFTPFactory(self.runtime, load_host_keys(self.config.ssh.host_keys))
+        self._sftp_factories.append(factory)
+        port: IListeningPort
+        if self.worker is None or fd is None:
+            port = self.reactor.listenTCP(listen.port, factory, interface=listen.address)
+        else:
+            port = self.worker.adopt(self.reactor, fd, listen.address, factory)
+        log.info(
+            "serving SFTP on {address} port {port}",
             address=listen.address,
             port=port.getHost().port,  # type: ignore[attr-defined]
         )

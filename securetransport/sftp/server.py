@@ -1,0 +1,231 @@
+"""The SSH transport, connection service and factory of the SFTP listener (SPEC section 9).
+
+- Algorithms (our subclass, not conch's defaults): key exchange without SHA-1
+  (`mlkem768x25519-sha256`, curve25519, ECDH over NIST curves, DH group exchange with
+  SHA-256 when a moduli file is given); AES-CTR only (no CBC, no 3DES); HMAC-SHA2
+  only (no SHA-1, no MD5); host key signatures without `ssh-rsa` and DSA; no
+  compression. `server-sig-algs` lists the user key algorithms we accept.
+- `SFTPServerTransport`: a banned address is closed before the key exchange (nothing
+  is sent, not even the version line), the session limits apply as for FTP,
+  `login_timeout` runs from the connection to the end of authentication.
+- `SFTPConnection`: channels that reopen their windows themselves (`manual_window`)
+  get no automatic window adjustment.
+- `SFTPFactory`: host keys from OpenSSH private key files (`load_host_keys`).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from pathlib import Path
+from typing import Any, Final
+
+from twisted.conch.ssh import common, connection, factory, keys, transport
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from securetransport.client import normalize_address
+from securetransport.sftp.auth import USER_SIGNATURE_ALGORITHMS, SFTPUserAuthServer, SSHSessionInfo
+
+log = Logger(namespace="securetransport.sftp.server")
+
+KEY_EXCHANGES: Final[tuple[bytes, ...]] = (
+    b"mlkem768x25519-sha256",
+    b"curve25519-sha256",
+    b"curve25519-sha256@libssh.org",
+    b"ecdh-sha2-nistp256",
+    b"ecdh-sha2-nistp384",
+    b"ecdh-sha2-nistp521",
+    b"diffie-hellman-group-exchange-sha256",
+)
+CIPHERS: Final[tuple[bytes, ...]] = (b"aes256-ctr", b"aes192-ctr", b"aes128-ctr")
+MACS: Final[tuple[bytes, ...]] = (b"hmac-sha2-512", b"hmac-sha2-256")
+REFUSED_HOST_SIGNATURES: Final = frozenset({b"ssh-rsa", b"ssh-dss"})
+VERSION: Final = b"SSH-2.0-securetransport"
+
+
+class HostKeyError(Exception):
+    """A host key file that cannot be used; the message names the file and why."""
+
+
+def load_host_keys(paths: tuple[Path, ...] | list[Path]) -> dict[bytes, keys.Key]:
+    """Private host keys by SSH key type, from OpenSSH private key files.
+
+    HostKeyError for a missing, unreadable, encrypted, DSA or public-only key, or a
+    key readable by group or others.
+    """
+    found: dict[bytes, keys.Key] = {}
+    for path in paths:
+        try:
+            info = path.stat()
+            data = path.read_bytes()
+        except OSError as error:
+            raise HostKeyError(f"{path}: {error.strerror}") from None
+        if info.st_mode & 0o077:
+            raise HostKeyError(f"{path}: readable by others (chmod 600)")
+        try:
+            key = keys.Key.fromString(data)
+        except keys.EncryptedKeyError:
+            raise HostKeyError(f"{path}: encrypted host keys are not supported") from None
+        except (keys.BadKeyError, ValueError) as error:
+            raise HostKeyError(f"{path}: not an OpenSSH private key ({error})") from None
+        if key.isPublic():
+            raise HostKeyError(f"{path}: a public key; the private key file is needed")
+        if key.type() == "DSA":
+            raise HostKeyError(f"{path}: DSA host keys are refused")
+        found[key.sshType()] = key
+    return found
+
+
+class SFTPServerTransport(transport.SSHServerTransport):
+    """conch's server transport with our algorithms, bans, limits and login timer."""
+
+    ourVersionString = VERSION
+    supportedKeyExchanges = list(KEY_EXCHANGES)
+    supportedCiphers = list(CIPHERS)
+    supportedMACs = list(MACS)
+    supportedCompressions = [b"none"]
+
+    runtime: Any
+    session: SSHSessionInfo
+    closing = False
+    _counted = False
+    _login_timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:  # noqa: N802
+        runtime = self.factory.runtime  # type: ignore[attr-defined]
+        self.runtime = runtime
+        peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
+        address = normalize_address(peer.host)
+        session_id = f"{address}:{peer.port}-{int(time.time() * 1000) % 10**9}"
+        self.session = SSHSessionInfo(address, session_id, transport=self)
+        now = runtime.reactor.seconds()
+        if runtime.guard.is_banned(address, now):
+            log.info("refused {peer}: banned", peer=address)
+            self.closing = True
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        if not runtime.sessions.try_open(address):
+            log.info("refused {peer}: too many sessions", peer=address)
+            self.closing = True
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        self._counted = True
+        runtime.open_sessions.add(self.session)
+        self._login_timer = runtime.reactor.callLater(
+            runtime.config.server.login_timeout, self._login_timed_out
+        )
+        runtime.audit.event(
+            "session-start",
+            session=session_id,
+            client=address,
+            port=self.transport.getHost().port,  # type: ignore[union-attr]
+            protocol="sftp",
+        )
+        super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.closing:
+            return
+        super().dataReceived(data)
+
+    def _login_timed_out(self) -> None:
+        self._login_timer = None
+        log.info("{peer}: login timed out", peer=self.session.address)
+        self.runtime.audit.event("login-timeout", session=self.session.session_id)
+        self.sendDisconnect(transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, b"login timed out")
+
+    def login_succeeded(self) -> None:
+        """Authentication is over: the login timer stops."""
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._login_timer = None
+
+    def end(self, why: str) -> None:
+        """Disconnect from the server side (shutdown, account disabled)."""
+        if self.closing:
+            return
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, why.encode("utf-8"))
+
+    def sendDisconnect(self, reason: int, desc: bytes) -> None:  # noqa: N802
+        if self.closing:
+            return
+        self.closing = True
+        super().sendDisconnect(reason, desc)
+
+    def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:  # noqa: N802
+        """server-sig-algs: the user key signatures we accept, not our host key's."""
+        fixed = [
+            (name, b",".join(USER_SIGNATURE_ALGORITHMS) if name == b"server-sig-algs" else value)
+            for name, value in extensions
+        ]
+        super().sendExtInfo(fixed)
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        self.closing = True
+        self.login_succeeded()
+        if getattr(self, "runtime", None) is None:
+            return
+        if self.service is not None or hasattr(self, "avatar"):
+            super().connectionLost(reason)
+        if self._counted:
+            self._counted = False
+            self.runtime.sessions.close(self.session.address)
+            self.runtime.open_sessions.discard(self.session)
+            self.runtime.audit.event(
+                "session-end", session=self.session.session_id, user=self.session.username
+            )
+
+
+class SFTPConnection(connection.SSHConnection):
+    """ssh-connection: windows of `manual_window` channels are reopened by the channel."""
+
+    def ssh_CHANNEL_DATA(self, packet: bytes) -> None:  # noqa: N802
+        local_channel, data_length = struct.unpack(">2L", packet[:8])
+        channel = self.channels.get(local_channel)
+        if channel is None or not getattr(channel, "manual_window", False):
+            super().ssh_CHANNEL_DATA(packet)
+            return
+        if data_length > channel.localWindowLeft or data_length > channel.localMaxPacket:
+            log.warn("SFTP channel: more data than the window allows; closing it")
+            self.sendClose(channel)
+            return
+        data = common.getNS(packet[4:])[0]
+        channel.localWindowLeft -= len(data)
+        channel.dataReceived(data)
+
+    def ssh_GLOBAL_REQUEST(self, packet: bytes) -> None:  # noqa: N802
+        """No global requests are served (tcpip-forward, keepalive@openssh.com ...)."""
+        request_type, rest = common.getNS(packet)
+        want_reply = rest[:1] == b"\x01"
+        if want_reply:
+            self.transport.sendPacket(connection.MSG_REQUEST_FAILURE, b"")  # type: ignore[union-attr]
+
+
+class SFTPFactory(factory.SSHFactory):
+    """The SSH factory of one `protocol = "sftp"` listener."""
+
+    protocol = SFTPServerTransport
+    noisy = False
+    services = {
+        b"ssh-userauth": SFTPUserAuthServer,
+        b"ssh-connection": SFTPConnection,
+    }
+
+    def __init__(self, runtime: Any, host_keys: dict[bytes, keys.Key]) -> None:
+        self.runtime = runtime
+        self.privateKeys = dict(host_keys)
+        self.publicKeys = {kind: key.public() for kind, key in host_keys.items()}
+        self.primes = None
+
+    @property
+    def portal(self) -> Any:
+        """The shared portal (conch's userauth reads it here)."""
+        return self.runtime.portal
+
+    def buildProtocol(self, addr: Any) -> SFTPServerTransport:  # noqa: N802
+        built = super().buildProtocol(addr)
+        built.supportedPublicKeys = [
+            name for name in built.supportedPublicKeys if name not in REFUSED_HOST_SIGNATURES
+        ]
+        return built  # type: ignore[return-value]

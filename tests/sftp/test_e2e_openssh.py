@@ -1,0 +1,84 @@
+"""End to end: OpenSSH `sftp` (batch mode) against the live server over loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from hardening.server import PASSWORD
+from tests.e2e.harness import random_file, sha256_file
+from tests.sftp.harness import SFTPServer, openssh_sftp
+
+
+class OpenSSHKeyLogin(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.server = SFTPServer(self).start()
+        self.work = Path(self.mktemp()).absolute()
+        self.work.mkdir()
+
+    @defer.inlineCallbacks
+    def test_round_trip_by_key(self) -> defer.Generator[defer.Deferred[object], object, None]:
+        """put and get by key: SHA-256 equal; the file lands in the home; audit says sftp."""
+        digest = random_file(self.work / "up.bin", 3 * 1024 * 1024 + 17)
+        out, err, code = yield openssh_sftp(
+            self.server,
+            "put up.bin /up.bin\nmkdir /sub\nrename /up.bin /sub/moved.bin\n"
+            "get /sub/moved.bin down.bin\nls -l /sub",
+            key=self.server.key("alice"),
+            work=self.work,
+        )
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sha256_file(self.server.home("alice") / "sub" / "moved.bin"), digest)
+        self.assertEqual(sha256_file(self.work / "down.bin"), digest)
+        self.assertIn(b"moved.bin", out)
+        events = self.server.audit_events()
+        logins = [e for e in events if e["event"] == "login" and e.get("result") == "success"]
+        self.assertEqual(
+            [(e["user"], e["method"], e["protocol"]) for e in logins],
+            [("alice", "publickey", "sftp")],
+        )
+        transfers = [e for e in events if e["event"] == "transfer"]
+        self.assertEqual(
+            sorted((e["direction"], e["result"], e["protocol"]) for e in transfers),
+            [("download", "ok", "sftp"), ("upload", "ok", "sftp")],
+        )
+        self.assertIn("sub/moved.bin", (self.server.root / "log" / "xferlog").read_text())
+
+    @defer.inlineCallbacks
+    def test_confined_to_home(self) -> defer.Generator[defer.Deferred[object], object, None]:
+        """`/`, `..` and absolute paths all stay in the home folder."""
+        (self.server.home_root / "secret.txt").write_text("outside")
+        out, err, code = yield openssh_sftp(
+            self.server,
+            "cd /\ncd ..\npwd\n-get ../secret.txt s1\n-get /../secret.txt s2\nls -a",
+            key=self.server.key("alice"),
+            work=self.work,
+        )
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"Remote working directory: /", out)
+        self.assertFalse((self.work / "s1").exists())
+        self.assertFalse((self.work / "s2").exists())
+
+    @defer.inlineCallbacks
+    def test_class_without_publickey_refuses_key(
+        self,
+    ) -> defer.Generator[defer.Deferred[object], object, None]:
+        """bob's class allows only passwords: his (registered) key is refused."""
+        out, err, code = yield openssh_sftp(
+            self.server, "ls", user="bob", key=self.server.key("bob"), work=self.work
+        )
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"Permission denied", err)
+
+    @defer.inlineCallbacks
+    def test_password_login(self) -> defer.Generator[defer.Deferred[object], object, None]:
+        digest = random_file(self.work / "p.bin", 100_000)
+        out, err, code = yield openssh_sftp(
+            self.server, "put p.bin", user="bob", password=PASSWORD, work=self.work
+        )
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sha256_file(self.server.home("bob") / "p.bin"), digest)
