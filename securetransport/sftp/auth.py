@@ -65,6 +65,9 @@ class SSHSessionInfo:
     avatar: Any = None
     method: str | None = None
     klass: str | None = None
+    partial: bytes | None = None  # the user whose key was a partial success (two factors)
+    attempts: int = 0  # failed authentication attempts
+    last_request: tuple[bytes | None, bytes | None] = (None, None)  # (user, service)
     transport: Any = field(default=None, repr=False)
 
     def shutdown(self) -> None:
@@ -222,15 +225,39 @@ class SFTPUserAuthServer(userauth.SSHUserAuthServer):
         """The transport: an `SFTPServerTransport` (typed loosely for conch's stubs)."""
         return self.transport
 
+    # Kept on the connection, not on this service: a client may request ssh-userauth
+    # again (paramiko does before every method), which makes a new service instance.
+
+    @property
+    def _partial(self) -> bytes | None:
+        """The user whose key was a partial success on this connection."""
+        return self._ssh.session.partial
+
+    @_partial.setter
+    def _partial(self, user: bytes | None) -> None:
+        self._ssh.session.partial = user
+
+    @property  # type: ignore[override]
+    def loginAttempts(self) -> int:  # noqa: N802
+        """Failed attempts on this connection (conch counts them on the service)."""
+        return int(self._ssh.session.attempts)
+
+    @loginAttempts.setter
+    def loginAttempts(self, value: int) -> None:  # noqa: N802
+        self._ssh.session.attempts = value
+
     def serviceStarted(self) -> None:  # noqa: N802
+        session: SSHSessionInfo = self._ssh.session
+        attempts, last = session.attempts, session.last_request
         super().serviceStarted()
+        session.attempts = attempts  # conch's serviceStarted zeroes them: they are ours
+        self.user, self.nextService = last
         if self._cancelLoginTimeout:  # the transport's own timer covers this
             self._cancelLoginTimeout.cancel()
             self._cancelLoginTimeout = None  # type: ignore[assignment]
         self.supportedAuthentications = []
         self._queue: deque[bytes] = deque()
         self._busy = False
-        self._partial: bytes | None = None  # the user whose key was a partial success
         self.method = b"none"
 
     # requests, one at a time
@@ -276,6 +303,7 @@ class SFTPUserAuthServer(userauth.SSHUserAuthServer):
         if user != self.user or next_service != self.nextService:
             self._partial = None
         self.user, self.nextService, self.method = user, next_service, method
+        self._ssh.session.last_request = (user, next_service)
         d = self._decide(user)
         d.addCallback(self._attempt, user, method, rest)
         d.addCallback(self._cbFinishedAuth)

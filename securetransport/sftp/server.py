@@ -42,6 +42,7 @@ CIPHERS: Final[tuple[bytes, ...]] = (b"aes256-ctr", b"aes192-ctr", b"aes128-ctr"
 MACS: Final[tuple[bytes, ...]] = (b"hmac-sha2-512", b"hmac-sha2-256")
 REFUSED_HOST_SIGNATURES: Final = frozenset({b"ssh-rsa", b"ssh-dss"})
 VERSION: Final = b"SSH-2.0-securetransport"
+MAX_CHANNELS: Final = 8  # open channels per connection
 
 
 class HostKeyError(Exception):
@@ -193,6 +194,22 @@ class SFTPConnection(connection.SSHConnection):
         data = common.getNS(packet[4:])[0]
         channel.localWindowLeft -= len(data)
         channel.dataReceived(data)
+
+    def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:  # noqa: N802
+        """Only `session` channels, at most MAX_CHANNELS at once; others are refused
+        (administratively prohibited) without a traceback in the log."""
+        channel_type, rest = common.getNS(packet)
+        if channel_type == b"session" and len(self.channels) < MAX_CHANNELS:
+            super().ssh_CHANNEL_OPEN(packet)
+            return
+        (sender,) = struct.unpack(">L", rest[:4])
+        log.info("refused a {kind!r} channel", kind=channel_type[:64])
+        self.transport.sendPacket(  # type: ignore[union-attr]
+            connection.MSG_CHANNEL_OPEN_FAILURE,
+            struct.pack(">2L", sender, connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
+            + common.NS(b"refused")
+            + common.NS(b""),
+        )
 
     def ssh_GLOBAL_REQUEST(self, packet: bytes) -> None:  # noqa: N802
         """No global requests are served (tcpip-forward, keepalive@openssh.com ...)."""
