@@ -28,6 +28,7 @@ LoginMethod = Literal[
     "certificate", "password", "certificate+password", "publickey", "publickey+password"
 ]
 ListenProtocol = Literal["ftp", "sftp"]
+_SSH_ONLY = frozenset({"publickey", "publickey+password"})  # login methods FTP never uses
 SessionReuse = Literal["required", "off"]
 UploadMode = Literal["atomic", "resumable"]
 CertificateUser = Literal["common-name", "email", "none"]
@@ -761,7 +762,7 @@ class _Builder:
             mandatory = [
                 f"class[{i}] {_quote(e.name)}"
                 for i, (e, b) in enumerate(classes, 1)
-                if not b and e.ssl == "mandatory"
+                if not b and e.ssl == "mandatory" and not set(e.login) <= _SSH_ONLY
             ]
             if mandatory:
                 self.warn(

@@ -90,6 +90,7 @@ host_keys = ["keys/{HOST_KEY_NAME}"]
         for name in users:
             key = self.public_keys[f"{name}_ed25519"]
             store.add(Account(name=name, password_hash=hashed, ssh_keys=(key,)))
+            (self.home_root / name).mkdir(parents=True, exist_ok=True)
         store.close()
         self.known_hosts = self.root / "known_hosts"
         self.service = SecureTransportService(self.config, reactor)
@@ -172,11 +173,9 @@ def openssh_sftp(
             str(key),
             "-o",
             "IdentitiesOnly=yes",
-            "-o",
-            "PreferredAuthentications=publickey",
-            "-o",
-            "BatchMode=yes",
         ]
+        if password is None:
+            options += ["-o", "PreferredAuthentications=publickey", "-o", "BatchMode=yes"]
     if password is not None:
         options += [
             "-o",
@@ -188,8 +187,6 @@ def openssh_sftp(
             "-o",
             "NumberOfPasswordPrompts=1",
         ]
-        if key is not None:  # two factors: key, then password
-            options = [o for o in options if o != "BatchMode=yes"]
         # sftp -b adds BatchMode=yes: ours must come first to win (ssh keeps the first).
         options += ["-b", str(batch)]
         sftp = require_tool("sftp")
