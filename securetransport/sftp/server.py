@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from securetransport.client import normalize_address
+from securetransport.sftp import aead
 from securetransport.sftp.auth import USER_SIGNATURE_ALGORITHMS, SFTPUserAuthServer, SSHSessionInfo
 
 log = Logger(namespace="securetransport.sftp.server")
@@ -38,7 +39,19 @@ KEY_EXCHANGES: Final[tuple[bytes, ...]] = (
     b"ecdh-sha2-nistp521",
     b"diffie-hellman-group-exchange-sha256",
 )
-CIPHERS: Final[tuple[bytes, ...]] = (b"aes256-ctr", b"aes192-ctr", b"aes128-ctr")
+CIPHERS: Final[tuple[bytes, ...]] = (
+    b"chacha20-poly1305@openssh.com",
+    b"aes256-gcm@openssh.com",
+    b"aes128-gcm@openssh.com",
+    b"aes256-ctr",
+    b"aes192-ctr",
+    b"aes128-ctr",
+)
+STRICT_KEX_SERVER: Final = b"kex-strict-s-v00@openssh.com"
+STRICT_KEX_CLIENT: Final = b"kex-strict-c-v00@openssh.com"
+# Messages allowed during the initial key exchange under strict kex: KEXINIT, NEWKEYS
+# and the key exchange method's own (30-49).
+_KEX_MESSAGES: Final = frozenset({20, 21, *range(30, 50)})
 MACS: Final[tuple[bytes, ...]] = (b"hmac-sha2-512", b"hmac-sha2-256")
 REFUSED_HOST_SIGNATURES: Final = frozenset({b"ssh-rsa", b"ssh-dss"})
 VERSION: Final = b"SSH-2.0-securetransport"
@@ -78,8 +91,43 @@ def load_host_keys(paths: tuple[Path, ...] | list[Path]) -> dict[bytes, keys.Key
     return found
 
 
+class _Ciphers(transport.SSHCiphers):
+    """conch's SSHCiphers plus the AEAD ciphers (`aead`): for those, `out_aead` /
+    `in_aead` protect the packets and no MAC is used."""
+
+    cipherMap = {
+        **transport.SSHCiphers.cipherMap,
+        # Placeholders so conch's own set-up runs; the packets go through `aead`.
+        **{name: transport.SSHCiphers.cipherMap[b"aes256-ctr"] for name in aead.AEAD_CIPHERS},
+    }
+    out_aead: aead.PacketProtection | None = None
+    in_aead: aead.PacketProtection | None = None
+
+    def setKeys(  # noqa: N802
+        self,
+        outIV: bytes,  # noqa: N803
+        outKey: bytes,  # noqa: N803
+        inIV: bytes,  # noqa: N803
+        inKey: bytes,  # noqa: N803
+        outInteg: bytes,  # noqa: N803
+        inInteg: bytes,  # noqa: N803
+    ) -> None:
+        super().setKeys(outIV, outKey, inIV, inKey, outInteg, inInteg)
+        self.out_aead = aead.protection(self.outCipType, outKey, outIV)
+        self.in_aead = aead.protection(self.inCipType, inKey, inIV)
+        if self.out_aead is not None:
+            self.outMAC = (None, b"", b"", 0)
+        if self.in_aead is not None:
+            self.inMAC = (None, b"", b"", 0)
+            self.verifyDigestSize = 0
+
+
 class SFTPServerTransport(transport.SSHServerTransport):
-    """conch's server transport with our algorithms, bans, limits and login timer."""
+    """conch's server transport with our algorithms, bans, limits and login timer,
+    AEAD ciphers and strict key exchange (the Terrapin countermeasure): when the
+    client's first KEXINIT lists `kex-strict-c-v00@openssh.com`, that KEXINIT must be
+    its first packet, only key exchange messages are accepted until the first
+    NEWKEYS, and each NEWKEYS resets the packet sequence number of its direction."""
 
     ourVersionString = VERSION
     supportedKeyExchanges = list(KEY_EXCHANGES)
@@ -90,6 +138,8 @@ class SFTPServerTransport(transport.SSHServerTransport):
     runtime: Any
     session: SSHSessionInfo
     closing = False
+    strict_kex = False
+    _initial_kex_done = False
     _counted = False
     _login_timer: IDelayedCall | None = None
 
@@ -129,6 +179,86 @@ class SFTPServerTransport(transport.SSHServerTransport):
         if self.closing:
             return
         super().dataReceived(data)
+
+    # strict key exchange and AEAD ciphers
+
+    def sendKexInit(self) -> None:  # noqa: N802
+        kexes = [k for k in self.supportedKeyExchanges if k != STRICT_KEX_SERVER]
+        if self.sessionID is None:
+            kexes.append(STRICT_KEX_SERVER)  # only in the first KEXINIT
+        self.supportedKeyExchanges = kexes
+        super().sendKexInit()
+
+    def ssh_KEXINIT(self, packet: bytes) -> None:  # noqa: N802
+        first = self.sessionID is None
+        if first:
+            try:
+                client_kexes = common.getNS(packet[16:])[0].split(b",")
+            except Exception:  # noqa: BLE001 - malformed
+                client_kexes = []
+            if STRICT_KEX_CLIENT in client_kexes:
+                if self.incomingPacketSequence != 1:
+                    self.sendDisconnect(
+                        transport.DISCONNECT_PROTOCOL_ERROR,
+                        b"strict kex: KEXINIT was not the first packet",
+                    )
+                    return
+                self.strict_kex = True
+        super().ssh_KEXINIT(packet)
+        chosen = getattr(self, "nextEncryptions", None)
+        if chosen is not None and not isinstance(chosen, _Ciphers) and not self.closing:
+            self.nextEncryptions = _Ciphers(
+                chosen.outCipType, chosen.inCipType, chosen.outMACType, chosen.inMACType
+            )
+
+    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:  # noqa: N802, N803
+        if self.strict_kex and not self._initial_kex_done and messageNum not in _KEX_MESSAGES:
+            self.sendDisconnect(
+                transport.DISCONNECT_PROTOCOL_ERROR,
+                b"strict kex: unexpected message during the key exchange",
+            )
+            return
+        super().dispatchMessage(messageNum, payload)
+
+    def _keySetup(self, sharedSecret: bytes, exchangeHash: bytes) -> None:  # noqa: N802, N803
+        super()._keySetup(sharedSecret, exchangeHash)  # sends NEWKEYS
+        if self.strict_kex:
+            self.outgoingPacketSequence = 0
+
+    def ssh_NEWKEYS(self, packet: bytes) -> None:  # noqa: N802
+        super().ssh_NEWKEYS(packet)
+        if self.strict_kex:
+            self.incomingPacketSequence = 0
+        self._initial_kex_done = True
+
+    def sendPacket(self, messageType: int, payload: bytes) -> None:  # noqa: N802, N803
+        protect = getattr(self.currentEncryptions, "out_aead", None)
+        if protect is None:
+            super().sendPacket(messageType, payload)
+            return
+        if self._keyExchangeState != self._KEY_EXCHANGE_NONE:
+            if not self._allowedKeyExchangeMessageType(messageType):
+                self._blockedByKeyExchange.append((messageType, payload))
+                return
+        packet = protect.seal(bytes((messageType,)) + payload, self.outgoingPacketSequence)
+        self.transport.write(packet)  # type: ignore[union-attr]
+        self.outgoingPacketSequence = (self.outgoingPacketSequence + 1) & 0xFFFFFFFF
+
+    def getPacket(self) -> bytes | None:  # noqa: N802
+        protect = getattr(self.currentEncryptions, "in_aead", None)
+        if protect is None:
+            return super().getPacket()  # type: ignore[no-any-return]
+        try:
+            opened = protect.open(self.buf, self.incomingPacketSequence)
+        except aead.PacketError as error:
+            self.sendDisconnect(transport.DISCONNECT_MAC_ERROR, str(error).encode())
+            return None
+        if opened is None:
+            return None
+        payload, used = opened
+        self.buf = self.buf[used:]
+        self.incomingPacketSequence = (self.incomingPacketSequence + 1) & 0xFFFFFFFF
+        return payload
 
     def _login_timed_out(self) -> None:
         self._login_timer = None

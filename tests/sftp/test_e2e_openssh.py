@@ -82,3 +82,57 @@ class OpenSSHKeyLogin(TestCase):
         )
         self.assertEqual(code, 0, err)
         self.assertEqual(sha256_file(self.server.home("bob") / "p.bin"), digest)
+
+
+class OpenSSHAlgorithms(TestCase):
+    """Each AEAD and CTR cipher moves a file intact; strict kex is used; refused
+    algorithms are refused."""
+
+    timeout = 180
+
+    def setUp(self) -> None:
+        self.server = SFTPServer(self).start()
+        self.work = Path(self.mktemp()).absolute()
+        self.work.mkdir()
+
+    @defer.inlineCallbacks
+    def test_ciphers_round_trip_with_strict_kex(
+        self,
+    ) -> defer.Generator[defer.Deferred[object], object, None]:
+        for cipher in (
+            "chacha20-poly1305@openssh.com",
+            "aes256-gcm@openssh.com",
+            "aes128-gcm@openssh.com",
+            "aes256-ctr",
+        ):
+            name = cipher.split("@")[0]
+            digest = random_file(self.work / f"{name}.bin", 1_000_003)
+            out, err, code = yield openssh_sftp(
+                self.server,
+                f"put {name}.bin\nget {name}.bin {name}.back",
+                key=self.server.key("alice"),
+                work=self.work,
+                extra=("-vvv", "-c", cipher, "-o", "MACs=hmac-sha2-256"),
+            )
+            self.assertEqual(code, 0, err[-2000:])
+            self.assertIn(f"cipher: {cipher}".encode(), err)
+            self.assertIn(b"will use strict KEX ordering", err)
+            self.assertEqual(sha256_file(self.server.home("alice") / f"{name}.bin"), digest)
+            self.assertEqual(sha256_file(self.work / f"{name}.back"), digest)
+
+    @defer.inlineCallbacks
+    def test_refused_algorithms(self) -> defer.Generator[defer.Deferred[object], object, None]:
+        for option in (
+            "Ciphers=aes128-cbc,3des-cbc",
+            "MACs=hmac-sha1,hmac-md5",
+            "KexAlgorithms=diffie-hellman-group14-sha1,diffie-hellman-group-exchange-sha1",
+            "HostKeyAlgorithms=ssh-rsa,ssh-dss",
+        ):
+            extra = ("-o", option)
+            if option.startswith("MACs"):
+                extra += ("-c", "aes128-ctr")
+            out, err, code = yield openssh_sftp(
+                self.server, "ls", key=self.server.key("alice"), work=self.work, extra=extra
+            )
+            self.assertNotEqual(code, 0, option)
+            self.assertIn(b"no matching", err, option)

@@ -322,3 +322,50 @@ class KeyVerdictTests(SynchronousTestCase):
         ]
         for credentials, account, decision in cases:
             self.assertIsNone(sftp_auth._key_verdict(credentials, account, decision))
+
+
+class AEADTests(SynchronousTestCase):
+    """The AEAD packet codecs: round trips, sequence-bound, tampering refused."""
+
+    def pairs(self) -> list[tuple[Any, Any]]:
+        from securetransport.sftp import aead
+
+        key, iv = bytes(range(64)), bytes(range(100, 112))
+        return [
+            (aead.protection(name, key, iv), aead.protection(name, key, iv))
+            for name in (
+                b"aes128-gcm@openssh.com",
+                b"aes256-gcm@openssh.com",
+                b"chacha20-poly1305@openssh.com",
+            )
+        ]
+
+    def test_round_trip_in_pieces(self) -> None:
+        for sender, receiver in self.pairs():
+            stream = b"".join(sender.seal(bytes([n]) * (n * 37), n) for n in range(20))
+            got = []
+            buffer = b""
+            sequence = 0
+            for offset in range(0, len(stream), 100):
+                buffer += stream[offset : offset + 100]
+                while (opened := receiver.open(buffer, sequence)) is not None:
+                    payload, used = opened
+                    got.append(payload)
+                    buffer = buffer[used:]
+                    sequence += 1
+            self.assertEqual(got, [bytes([n]) * (n * 37) for n in range(20)])
+
+    def test_tampering_and_wrong_sequence_refused(self) -> None:
+        from securetransport.sftp import aead
+
+        for sender, receiver in self.pairs():
+            packet = bytearray(sender.seal(b"hello world", 5))
+            packet[-20] ^= 1
+            self.assertRaises(aead.PacketError, receiver.open, bytes(packet), 5)
+        sender, receiver = self.pairs()[2]
+        self.assertRaises(aead.PacketError, receiver.open, sender.seal(b"x", 1), 2)
+
+    def test_none_for_other_ciphers(self) -> None:
+        from securetransport.sftp import aead
+
+        self.assertIsNone(aead.protection(b"aes256-ctr", bytes(64), bytes(16)))
