@@ -49,7 +49,10 @@ bench: install
 .venv-sslyze/.installed: | $(VENV)/.installed
 	$(BIN)/python -c 'from scan.venv import ensure_sslyze; print(ensure_sslyze())'
 
-scan: install .venv-sslyze/.installed
+.venv-ssh-audit/.installed: | $(VENV)/.installed
+	$(BIN)/python -c 'from scan.ssh_audit import ensure_ssh_audit; print(ensure_ssh_audit())'
+
+scan: install .venv-sslyze/.installed .venv-ssh-audit/.installed
 	$(BIN)/python -m scan $(SCAN_ARGS)
 
 # Hardening runs against a live server on loopback: `make fuzz FUZZ_ARGS=--quick`,

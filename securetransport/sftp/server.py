@@ -34,9 +34,6 @@ KEY_EXCHANGES: Final[tuple[bytes, ...]] = (
     b"mlkem768x25519-sha256",
     b"curve25519-sha256",
     b"curve25519-sha256@libssh.org",
-    b"ecdh-sha2-nistp256",
-    b"ecdh-sha2-nistp384",
-    b"ecdh-sha2-nistp521",
     b"diffie-hellman-group-exchange-sha256",
 )
 CIPHERS: Final[tuple[bytes, ...]] = (
