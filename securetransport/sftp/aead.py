@@ -106,17 +106,20 @@ class ChaCha20Poly1305:
         nonce = counter.to_bytes(8, "little") + (sequence & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
         return Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor().update(data)
 
-    def _poly_key(self, sequence: int) -> bytes:
-        return self._stream(self._main, sequence, 0, bytes(32))
+    def _main_stream(self, sequence: int, data: bytes) -> tuple[bytes, bytes]:
+        """(Poly1305 key, `data` en/decrypted): key stream block 0, then blocks 1...,
+        from one cipher context."""
+        nonce = bytes(8) + (sequence & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
+        context = Cipher(algorithms.ChaCha20(self._main, nonce), mode=None).encryptor()
+        return context.update(bytes(64))[:32], context.update(data)
 
     def seal(self, payload: bytes, sequence: int) -> bytes:
         padding = _padding(len(payload), self.block)
         length = struct.pack("!L", 1 + len(payload) + padding)
         body = bytes((padding,)) + payload + os.urandom(padding)
-        encrypted = self._stream(self._header, sequence, 0, length) + self._stream(
-            self._main, sequence, 1, body
-        )
-        return encrypted + Poly1305.generate_tag(self._poly_key(sequence), encrypted)
+        poly_key, encrypted_body = self._main_stream(sequence, body)
+        encrypted = self._stream(self._header, sequence, 0, length) + encrypted_body
+        return encrypted + Poly1305.generate_tag(poly_key, encrypted)
 
     def open(self, buffer: bytes, sequence: int) -> tuple[bytes, int] | None:
         if len(buffer) < 4:
@@ -127,10 +130,10 @@ class ChaCha20Poly1305:
         end = 4 + length + TAG
         if len(buffer) < end:
             return None
-        expected = Poly1305.generate_tag(self._poly_key(sequence), buffer[: 4 + length])
+        poly_key, body = self._main_stream(sequence, buffer[4 : 4 + length])
+        expected = Poly1305.generate_tag(poly_key, buffer[: 4 + length])
         if not hmac.compare_digest(expected, buffer[4 + length : end]):
             raise PacketError("packet authentication failed")
-        body = self._stream(self._main, sequence, 1, buffer[4 : 4 + length])
         return _unpad(body), end
 
 

@@ -281,6 +281,16 @@ class SFTPServerTransport(transport.SSHServerTransport):
         self.closing = True
         super().sendDisconnect(reason, desc)
 
+    def receiveError(self, reasonCode: int, description: bytes) -> None:  # noqa: N802, N803
+        """The client's DISCONNECT: an ordinary end is not an error (conch logs one)."""
+        level = log.info if reasonCode == transport.DISCONNECT_BY_APPLICATION else log.warn
+        level(
+            "{peer}: client disconnected ({code}: {text})",
+            peer=self.session.address,
+            code=reasonCode,
+            text=description[:200].decode("utf-8", "replace"),
+        )
+
     def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:  # noqa: N802
         """server-sig-algs: the user key signatures we accept, not our host key's."""
         fixed = [

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import struct
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -719,6 +720,45 @@ class SFTPSessionChannel(SSHChannel):
         super().__init__(*args, **kwargs)
         self.sftp: SFTPServerProtocol | None = None
         self._returned = 0
+        self._pending: deque[memoryview] = deque()  # output beyond the remote window
+        self.pending_bytes = 0
+
+    # Output: conch's channel keeps what the window does not allow in one bytes object
+    # and appends to it (a copy of the whole buffer per write); a queue of views instead.
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self._pending.append(memoryview(data))
+        self.pending_bytes += len(data)
+        self._flush()
+
+    def addWindowBytes(self, data: int) -> None:  # noqa: N802 - conch's name
+        self.remoteWindowLeft += data
+        self._flush()
+
+    def _flush(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        largest = self.remoteMaxPacket or 32768
+        while self._pending and self.remoteWindowLeft > 0:
+            head = self._pending[0]
+            size = min(len(head), self.remoteWindowLeft, largest)
+            conn.sendData(self, head[:size])
+            self.remoteWindowLeft -= size
+            self.pending_bytes -= size
+            if size == len(head):
+                self._pending.popleft()
+            else:
+                self._pending[0] = head[size:]
+        if self.closing and not self._pending and not self.localClosed:
+            conn.sendClose(self)
+
+    def loseConnection(self) -> None:  # noqa: N802
+        self.closing = 1
+        if not self._pending and self.conn is not None:
+            self.conn.sendClose(self)
 
     def channelOpen(self, specificData: bytes) -> None:  # noqa: N802
         """Nothing to do until the subsystem request."""
