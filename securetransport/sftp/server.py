@@ -328,8 +328,11 @@ class SFTPConnection(connection.SSHConnection):
             log.warn("SFTP channel: more data than the window allows; closing it")
             self.sendClose(channel)
             return
-        data = common.getNS(packet[4:])[0]
-        channel.localWindowLeft -= len(data)
+        data = memoryview(packet)[8 : 8 + data_length]  # no copy: the channel copies once
+        if len(data) != data_length:
+            self.sendClose(channel)
+            return
+        channel.localWindowLeft -= data_length
         channel.dataReceived(data)
 
     def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:  # noqa: N802

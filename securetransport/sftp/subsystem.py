@@ -581,12 +581,16 @@ class SFTPServerProtocol(filetransfer.FileTransferServer):
                 continue
             if len(self._inbox) < 4 + length:
                 return
-            packet = bytes(self._inbox[4 : 4 + length])
+            packet = memoryview(self._inbox[4 : 4 + length])  # the one copy of the data
             del self._inbox[: 4 + length]
             self._dispatch(packet, 4 + length)
 
-    def _dispatch(self, packet: bytes, size: int) -> None:
-        kind, payload = packet[0], packet[1:]
+    def _dispatch(self, packet: memoryview, size: int) -> None:
+        kind = packet[0]
+        if kind == filetransfer.FXP_WRITE:
+            self._counted_request(packet[1:5].tobytes(), size, self._write_request, packet[1:])
+            return
+        payload = packet[1:].tobytes()
         if kind == filetransfer.FXP_INIT:
             self._give_credit(size)
             if not self.initialized and len(payload) >= 4:
@@ -594,6 +598,12 @@ class SFTPServerProtocol(filetransfer.FileTransferServer):
                 self.packet_INIT(payload)
             return
         request_id = payload[:4]
+        name = self.packetTypes.get(kind)
+        handler = getattr(self, f"packet_{name}", None) if name else None
+        self._counted_request(request_id, size, handler, payload)
+
+    def _counted_request(self, request_id: bytes, size: int, handler: Any, payload: Any) -> None:
+        """Serve one request that will get exactly one reply (counted as outstanding)."""
         if len(request_id) < 4:
             self._give_credit(size)
             return
@@ -605,8 +615,6 @@ class SFTPServerProtocol(filetransfer.FileTransferServer):
             self._give_credit(size)
             self._sendStatus(request_id, filetransfer.FX_FAILURE, b"too many outstanding requests")
             return
-        name = self.packetTypes.get(kind)
-        handler = getattr(self, f"packet_{name}", None) if name else None
         self.outstanding += 1
         self._pending.setdefault(request_id, []).append(size)
         if handler is None:
@@ -617,6 +625,24 @@ class SFTPServerProtocol(filetransfer.FileTransferServer):
         except Exception:  # noqa: BLE001 - malformed input: answer it, keep serving
             if request_id in self._pending:
                 self._sendStatus(request_id, filetransfer.FX_BAD_MESSAGE, b"malformed request")
+
+    def _write_request(self, payload: memoryview) -> None:
+        """SSH_FXP_WRITE parsed in place: the data reaches the upload without a copy."""
+        request_id = payload[:4].tobytes()
+        (handle_length,) = struct.unpack_from("!L", payload, 4)
+        handle = payload[8 : 8 + handle_length].tobytes()
+        at = 8 + handle_length
+        offset, length = struct.unpack_from("!QL", payload, at)
+        at += 12
+        if at + length != len(payload) or len(handle) != handle_length:
+            raise ValueError("malformed WRITE")
+        file = self.openFiles.get(handle)
+        if file is None:
+            self._sendStatus(request_id, filetransfer.FX_FAILURE, b"no such handle")
+            return
+        d = maybeDeferred(file.writeChunk, offset, payload[at:])
+        d.addCallback(self._cbStatus, request_id, b"write succeeded")
+        d.addErrback(self._ebStatus, request_id, b"write failed")
 
     def sendPacket(self, kind: int, data: bytes) -> None:  # noqa: N802
         if self.transport is None or not getattr(self, "connected", True):
