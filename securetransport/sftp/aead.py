@@ -83,8 +83,9 @@ class GCM:
         end = 4 + length + TAG
         if len(buffer) < end:
             return None
+        view = memoryview(buffer)
         try:
-            body = self._aead.decrypt(self._nonce(), buffer[4:end], buffer[:4])
+            body = self._aead.decrypt(self._nonce(), view[4:end], view[:4])
         except InvalidTag:
             raise PacketError("packet authentication failed") from None
         return _unpad(body), end
@@ -106,7 +107,7 @@ class ChaCha20Poly1305:
         nonce = counter.to_bytes(8, "little") + (sequence & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
         return Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor().update(data)
 
-    def _main_stream(self, sequence: int, data: bytes) -> tuple[bytes, bytes]:
+    def _main_stream(self, sequence: int, data: bytes | memoryview) -> tuple[bytes, bytes]:
         """(Poly1305 key, `data` en/decrypted): key stream block 0, then blocks 1...,
         from one cipher context."""
         nonce = bytes(8) + (sequence & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
@@ -130,9 +131,10 @@ class ChaCha20Poly1305:
         end = 4 + length + TAG
         if len(buffer) < end:
             return None
-        poly_key, body = self._main_stream(sequence, buffer[4 : 4 + length])
-        expected = Poly1305.generate_tag(poly_key, buffer[: 4 + length])
-        if not hmac.compare_digest(expected, buffer[4 + length : end]):
+        view = memoryview(buffer)
+        poly_key, body = self._main_stream(sequence, view[4 : 4 + length])
+        expected = Poly1305.generate_tag(poly_key, view[: 4 + length])
+        if not hmac.compare_digest(expected, view[4 + length : end]):
             raise PacketError("packet authentication failed")
         return _unpad(body), end
 

@@ -62,7 +62,7 @@ MAX_READ: Final = MAX_PACKET - 1024  # largest READ answered / WRITE announced i
 MAX_OUTSTANDING: Final = 64  # requests without a reply, per session
 MAX_OPEN_HANDLES: Final = 256
 MAX_GAP_BYTES: Final = 8 * 1024 * 1024  # out-of-order write data held per handle
-CHANNEL_WINDOW: Final = 2 * 1024 * 1024
+CHANNEL_WINDOW: Final = 4 * 1024 * 1024
 CHANNEL_MAX_PACKET: Final = 32 * 1024
 
 _REPLY_KINDS: Final = frozenset(
