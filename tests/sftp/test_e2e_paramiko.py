@@ -420,3 +420,58 @@ class SharedBans(TestCase):
 
 def _unused(path: Path) -> None:
     """Keep Path imported for type hints in helpers."""
+
+
+class AccountsAndModes(TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_disabled_account_session_ends(self) -> Any:
+        server = SFTPServer(self).start()
+        holder: dict[str, Any] = {}
+
+        def login() -> None:
+            holder["transport"], holder["sftp"] = pc.sftp_by_key(server)
+            holder["sftp"].listdir("/")
+
+        yield in_thread(login)
+        from dataclasses import replace
+
+        store = server.store()
+        store.update(replace(store.get("alice"), enabled=False))
+        yield server.service.end_sessions_of_disabled_accounts()
+        yield _wait_for(lambda: not holder["transport"].is_active())
+        holder["transport"].close()
+        self.assertEqual(server.runtime.open_sessions, set())
+
+    @defer.inlineCallbacks
+    def test_resumable_mode_keeps_a_partial_new_file(self) -> Any:
+        server = SFTPServer(self, upload_mode="resumable").start()
+        first = os.urandom(300_000)
+
+        def upload_and_drop() -> None:
+            transport, sftp = pc.sftp_by_key(server)
+            handle = sftp.open("/part.bin", "wb")
+            handle.write(first)
+            handle.flush()
+            transport.sock.shutdown(socket.SHUT_RDWR)
+            transport.close()
+
+        yield in_thread(upload_and_drop)
+        target = server.home("alice") / "part.bin"
+        yield _wait_for(lambda: target.exists() and target.stat().st_size == len(first))
+        rest = os.urandom(200_000)
+
+        def resume() -> None:
+            transport, sftp = pc.sftp_by_key(server)
+            try:
+                handle = sftp.open("/part.bin", "a")  # APPEND: continue the partial
+                handle.write(rest)
+                handle.close()
+            finally:
+                transport.close()
+
+        yield in_thread(resume)
+        self.assertEqual(target.read_bytes(), first + rest)
+        events = [e for e in server.audit_events() if e["event"] == "session-start"]
+        self.assertTrue(events and all(e["protocol"] == "sftp" for e in events))
