@@ -44,7 +44,7 @@ class PacketProtection(Protocol):
 
     def seal(self, payload: bytes, sequence: int) -> bytes: ...
 
-    def open(self, buffer: bytes, sequence: int) -> tuple[bytes, int] | None: ...
+    def open(self, buffer: bytes | memoryview, sequence: int) -> tuple[bytes, int] | None: ...
 
 
 def _padding(payload_length: int, block: int) -> int:
@@ -73,7 +73,7 @@ class GCM:
         body = bytes((padding,)) + payload + os.urandom(padding)
         return header + self._aead.encrypt(self._nonce(), body, header)
 
-    def open(self, buffer: bytes, sequence: int) -> tuple[bytes, int] | None:
+    def open(self, buffer: bytes | memoryview, sequence: int) -> tuple[bytes, int] | None:
         """(payload, bytes used) when `buffer` holds a whole packet, else None."""
         if len(buffer) < 4:
             return None
@@ -103,7 +103,7 @@ class ChaCha20Poly1305:
         self._header = key[32:64]
 
     @staticmethod
-    def _stream(key: bytes, sequence: int, counter: int, data: bytes) -> bytes:
+    def _stream(key: bytes, sequence: int, counter: int, data: bytes | memoryview) -> bytes:
         nonce = counter.to_bytes(8, "little") + (sequence & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
         return Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor().update(data)
 
@@ -122,7 +122,7 @@ class ChaCha20Poly1305:
         encrypted = self._stream(self._header, sequence, 0, length) + encrypted_body
         return encrypted + Poly1305.generate_tag(poly_key, encrypted)
 
-    def open(self, buffer: bytes, sequence: int) -> tuple[bytes, int] | None:
+    def open(self, buffer: bytes | memoryview, sequence: int) -> tuple[bytes, int] | None:
         if len(buffer) < 4:
             return None
         (length,) = struct.unpack("!L", self._stream(self._header, sequence, 0, buffer[:4]))

@@ -49,6 +49,7 @@ STRICT_KEX_CLIENT: Final = b"kex-strict-c-v00@openssh.com"
 # Messages allowed during the initial key exchange under strict kex: KEXINIT, NEWKEYS
 # and the key exchange method's own (30-49).
 _KEX_MESSAGES: Final = frozenset({20, 21, *range(30, 50)})
+MSG_CHANNEL_DATA: Final = 94
 MACS: Final[tuple[bytes, ...]] = (b"hmac-sha2-512", b"hmac-sha2-256")
 REFUSED_HOST_SIGNATURES: Final = frozenset({b"ssh-rsa", b"ssh-dss"})
 VERSION: Final = b"SSH-2.0-securetransport"
@@ -175,9 +176,44 @@ class SFTPServerTransport(transport.SSHServerTransport):
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self.closing:
             return
-        super().dataReceived(data)
+        if not self.gotVersion or getattr(self.currentEncryptions, "in_aead", None) is None:
+            super().dataReceived(data)
+            return
+        self.buf = self.buf + data
+        self._read_aead_packets()
 
-    # strict key exchange and AEAD ciphers
+    def _read_aead_packets(self) -> None:
+        """conch's packet loop for AEAD ciphers, lighter: packets are opened from a view
+        of the buffer (compacted once per read), and channel data goes straight to the
+        channel."""
+        view = memoryview(self.buf)
+        at = 0
+        while not self.closing:
+            protect = getattr(self.currentEncryptions, "in_aead", None)
+            if protect is None:  # a rekey chose a non-AEAD cipher: conch's way
+                self.buf = bytes(view[at:])
+                super().dataReceived(b"")
+                return
+            try:
+                opened = protect.open(view[at:], self.incomingPacketSequence)
+            except aead.PacketError as error:
+                self.sendDisconnect(transport.DISCONNECT_MAC_ERROR, str(error).encode())
+                return
+            if opened is None:
+                break
+            payload, used = opened
+            at += used
+            self.incomingPacketSequence = (self.incomingPacketSequence + 1) & 0xFFFFFFFF
+            if not payload:
+                continue
+            kind = payload[0]
+            service = self.service
+            if kind == MSG_CHANNEL_DATA and isinstance(service, SFTPConnection):
+                service.channel_data(memoryview(payload)[1:])
+            else:
+                self.dispatchMessage(kind, payload[1:])
+        if at:
+            self.buf = bytes(view[at:])
 
     def sendKexInit(self) -> None:  # noqa: N802
         kexes = [k for k in self.supportedKeyExchanges if k != STRICT_KEX_SERVER]
@@ -318,8 +354,12 @@ class SFTPServerTransport(transport.SSHServerTransport):
 class SFTPConnection(connection.SSHConnection):
     """ssh-connection: windows of `manual_window` channels are reopened by the channel."""
 
+    def channel_data(self, packet: memoryview) -> None:
+        """MSG_CHANNEL_DATA from the transport's AEAD fast path."""
+        self.ssh_CHANNEL_DATA(packet)  # type: ignore[arg-type]
+
     def ssh_CHANNEL_DATA(self, packet: bytes) -> None:  # noqa: N802
-        local_channel, data_length = struct.unpack(">2L", packet[:8])
+        local_channel, data_length = struct.unpack_from(">2L", packet)
         channel = self.channels.get(local_channel)
         if channel is None or not getattr(channel, "manual_window", False):
             super().ssh_CHANNEL_DATA(packet)
