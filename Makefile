@@ -42,8 +42,11 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# SFTP: securetransport vs OpenSSH's sshd/sftp-server (apt-get install openssh-server; it
+# is run on its own port, never as the system's sshd) vs asyncssh: `python -m bench.sftp -h`.
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.sftp $(SFTP_BENCH_ARGS)
 
 # sslyze pins cryptography < 47 (ours is newer): it gets its own venv; scan/venv.py pins it.
 .venv-sslyze/.installed: | $(VENV)/.installed
