@@ -666,6 +666,12 @@ class SFTPServerProtocol(filetransfer.FileTransferServer):
             self.client.handles -= 1
         super()._cbClose(result, handle, requestId, isDir)
 
+    def _ebRead(self, reason: Failure, requestId: bytes) -> None:  # noqa: N802, N803
+        """conch calls this for a READ on an unknown handle but does not define it."""
+        self._sendStatus(requestId, filetransfer.FX_FAILURE, b"no such handle")
+
+    _ebWrite = _ebRead  # noqa: N815
+
     def packet_CLOSE(self, data: bytes) -> None:  # noqa: N802
         request_id, rest = data[:4], data[4:]
         handle, rest = getNS(rest)

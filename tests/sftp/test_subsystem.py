@@ -160,3 +160,39 @@ class UploadAbortTests(SynchronousTestCase):
         server.connectionLost(None)
         upload = avatar.filesystem.uploads[0]
         self.assertEqual((upload.data, upload.aborted, upload.committed), (b"partial", True, False))
+
+
+class MalformedInputTests(SynchronousTestCase):
+    """Malformed requests get SSH_FX_BAD_MESSAGE (or FAILURE) and the session goes on."""
+
+    def test_malformed_requests_answered(self) -> None:
+        avatar = FakeAvatar()
+        sent: list[bytes] = []
+
+        class Transport:
+            def write(self, data: bytes) -> None:
+                sent.append(data)
+
+        server = SFTPServerProtocol(avatar)
+        server.makeConnection(Transport())  # type: ignore[arg-type]
+        server.dataReceived(packet(17, 0, string(b"/")))  # before INIT: refused
+        sent.clear()
+        server = SFTPServerProtocol(avatar)
+        server.makeConnection(Transport())  # type: ignore[arg-type]
+        server.dataReceived(struct.pack("!LBL", 5, 1, 3))
+        sent.clear()
+        cases = [
+            packet(3, 1, b"\x00\x00\x00\x09/x"),  # OPEN, truncated name
+            packet(6, 2, string(b"nohandle") + b"\x00"),  # WRITE, truncated
+            packet(6, 3, string(b"nohandle") + struct.pack("!QL", 0, 3) + b"abc"),
+            packet(150, 4),  # unknown type
+            packet(5, 5, string(b"h") + struct.pack("!QL", 0, 10)),  # READ, no such handle
+        ]
+        for case in cases:
+            server.dataReceived(case)
+        replies = [struct.unpack("!BLL", reply[4:13]) for reply in sent]
+        self.assertEqual(
+            replies,
+            [(101, 1, 5), (101, 2, 5), (101, 3, 4), (101, 4, 8), (101, 5, 4)],
+        )
+        self.assertEqual(server.outstanding, 0)
