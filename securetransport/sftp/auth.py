@@ -38,7 +38,12 @@ from zope.interface import implementer
 from securetransport.config import ClassConfig
 from securetransport.passwords import PoolFull, VerificationPool
 from securetransport.policy import SSHDecision, decide_ssh
-from securetransport.userstore import Account, ssh_key_fingerprint, valid_account_name
+from securetransport.userstore import (
+    Account,
+    AsyncUserStore,
+    ssh_key_fingerprint,
+    valid_account_name,
+)
 
 log = Logger(namespace="securetransport.sftp.auth")
 
@@ -155,7 +160,8 @@ class SSHKeyChecker:
     def __init__(
         self, store: Any, pool: VerificationPool, classes: tuple[ClassConfig, ...]
     ) -> None:
-        self._store = store.store if hasattr(store, "store") else store  # blocking store
+        # The checks run in the verification pool: they use the blocking store there.
+        self._store = store.store if isinstance(store, AsyncUserStore) else store
         self._pool = pool
         self._classes = classes
 
