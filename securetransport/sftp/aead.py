@@ -9,6 +9,9 @@
   sequence number; Poly1305 over the encrypted length and payload, keyed by the first
   32 bytes of the main key stream (block 0); the payload starts at block 1.
 
+`EncryptThenMAC` is not AEAD but is framed the same way (the length clear, then the
+encrypted rest, then the MAC): AES-CTR with `hmac-sha2-256/512-etm@openssh.com`.
+
 Padding: the padding length byte, the payload and 4 or more random bytes make a
 multiple of the block size (16 for GCM, 8 for ChaCha20), the length not counted.
 Any packet that fails to authenticate raises `PacketError`; so does a length that is
@@ -17,10 +20,11 @@ not a multiple of the block size or is larger than `MAX_PACKET`.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import struct
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
@@ -153,3 +157,54 @@ def protection(name: bytes, key: bytes, iv: bytes) -> PacketProtection | None:
     if name == CHACHA:
         return ChaCha20Poly1305(key[:64])
     return None
+
+
+ETM_MACS: Final = {
+    b"hmac-sha2-512-etm@openssh.com": hashlib.sha512,
+    b"hmac-sha2-256-etm@openssh.com": hashlib.sha256,
+}
+
+
+class EncryptThenMAC:
+    """A stream cipher (AES-CTR) with an `-etm@openssh.com` MAC (one direction): the
+    length is clear, the MAC covers the sequence number, the length and the ciphertext,
+    and is checked before anything is decrypted."""
+
+    block = 16
+
+    def __init__(self, cipher: Any, digest: Any, key: bytes) -> None:
+        self._cipher = cipher  # a cryptography CipherContext, stateful across packets
+        self._digest = digest
+        self._key = key[: digest().digest_size]
+        self._size = digest().digest_size
+
+    def _mac(self, sequence: int, data: bytes | memoryview) -> bytes:
+        mac = hmac.new(self._key, struct.pack("!L", sequence & 0xFFFFFFFF), self._digest)
+        mac.update(data)
+        return mac.digest()
+
+    def seal(self, payload: bytes, sequence: int) -> bytes:
+        padding = _padding(len(payload), self.block)
+        header = struct.pack("!L", 1 + len(payload) + padding)
+        encrypted = header + self._cipher.update(bytes((padding,)) + payload + os.urandom(padding))
+        return encrypted + self._mac(sequence, encrypted)
+
+    def open(self, buffer: bytes | memoryview, sequence: int) -> tuple[bytes, int] | None:
+        if len(buffer) < 4:
+            return None
+        (length,) = struct.unpack("!L", buffer[:4])
+        if length > MAX_PACKET or length % self.block or length < self.block:
+            raise PacketError(f"bad packet length {length}")
+        end = 4 + length + self._size
+        if len(buffer) < end:
+            return None
+        view = memoryview(buffer)
+        if not hmac.compare_digest(self._mac(sequence, view[: 4 + length]), view[4 + length : end]):
+            raise PacketError("packet authentication failed")
+        return _unpad(self._cipher.update(view[4 : 4 + length])), end
+
+
+def etm(mac_name: bytes, cipher: Any, key: bytes) -> EncryptThenMAC | None:
+    """Encrypt-then-MAC protection for `mac_name` over a CTR cipher context, or None."""
+    digest = ETM_MACS.get(mac_name)
+    return EncryptThenMAC(cipher, digest, key) if digest is not None else None

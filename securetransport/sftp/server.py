@@ -50,7 +50,12 @@ STRICT_KEX_CLIENT: Final = b"kex-strict-c-v00@openssh.com"
 # and the key exchange method's own (30-49).
 _KEX_MESSAGES: Final = frozenset({20, 21, *range(30, 50)})
 MSG_CHANNEL_DATA: Final = 94
-MACS: Final[tuple[bytes, ...]] = (b"hmac-sha2-512", b"hmac-sha2-256")
+MACS: Final[tuple[bytes, ...]] = (
+    b"hmac-sha2-256-etm@openssh.com",
+    b"hmac-sha2-512-etm@openssh.com",
+    b"hmac-sha2-512",
+    b"hmac-sha2-256",
+)
 REFUSED_HOST_SIGNATURES: Final = frozenset({b"ssh-rsa", b"ssh-dss"})
 VERSION: Final = b"SSH-2.0-securetransport"
 MAX_CHANNELS: Final = 8  # open channels per connection
@@ -98,6 +103,7 @@ class _Ciphers(transport.SSHCiphers):
         # Placeholders so conch's own set-up runs; the packets go through `aead`.
         **{name: transport.SSHCiphers.cipherMap[b"aes256-ctr"] for name in aead.AEAD_CIPHERS},
     }
+    macMap = {**transport.SSHCiphers.macMap, **aead.ETM_MACS}  # noqa: N815
     out_aead: aead.PacketProtection | None = None
     in_aead: aead.PacketProtection | None = None
 
@@ -111,8 +117,12 @@ class _Ciphers(transport.SSHCiphers):
         inInteg: bytes,  # noqa: N803
     ) -> None:
         super().setKeys(outIV, outKey, inIV, inKey, outInteg, inInteg)
-        self.out_aead = aead.protection(self.outCipType, outKey, outIV)
-        self.in_aead = aead.protection(self.inCipType, inKey, inIV)
+        self.out_aead = aead.protection(self.outCipType, outKey, outIV) or aead.etm(
+            self.outMACType, self.encryptor, outInteg
+        )
+        self.in_aead = aead.protection(self.inCipType, inKey, inIV) or aead.etm(
+            self.inMACType, self.decryptor, inInteg
+        )
         if self.out_aead is not None:
             self.outMAC = (None, b"", b"", 0)
         if self.in_aead is not None:

@@ -99,23 +99,27 @@ class OpenSSHAlgorithms(TestCase):
     def test_ciphers_round_trip_with_strict_kex(
         self,
     ) -> defer.Generator[defer.Deferred[object], object, None]:
-        for cipher in (
-            "chacha20-poly1305@openssh.com",
-            "aes256-gcm@openssh.com",
-            "aes128-gcm@openssh.com",
-            "aes256-ctr",
+        for cipher, mac in (
+            ("chacha20-poly1305@openssh.com", "hmac-sha2-256"),
+            ("aes256-gcm@openssh.com", "hmac-sha2-256"),
+            ("aes128-gcm@openssh.com", "hmac-sha2-256"),
+            ("aes256-ctr", "hmac-sha2-256"),
+            ("aes128-ctr", "hmac-sha2-256-etm@openssh.com"),
+            ("aes256-ctr", "hmac-sha2-512-etm@openssh.com"),
         ):
-            name = cipher.split("@")[0]
+            name = cipher.split("@")[0] + "-" + mac.split("@")[0]
             digest = random_file(self.work / f"{name}.bin", 1_000_003)
             out, err, code = yield openssh_sftp(
                 self.server,
                 f"put {name}.bin\nget {name}.bin {name}.back",
                 key=self.server.key("alice"),
                 work=self.work,
-                extra=("-vvv", "-c", cipher, "-o", "MACs=hmac-sha2-256"),
+                extra=("-vvv", "-c", cipher, "-o", f"MACs={mac}"),
             )
             self.assertEqual(code, 0, err[-2000:])
             self.assertIn(f"cipher: {cipher}".encode(), err)
+            if "ctr" in cipher:
+                self.assertIn(f"cipher: {cipher} MAC: {mac}".encode(), err)
             self.assertIn(b"will use strict KEX ordering", err)
             self.assertEqual(sha256_file(self.server.home("alice") / f"{name}.bin"), digest)
             self.assertEqual(sha256_file(self.work / f"{name}.back"), digest)

@@ -369,3 +369,25 @@ class AEADTests(SynchronousTestCase):
         from securetransport.sftp import aead
 
         self.assertIsNone(aead.protection(b"aes256-ctr", bytes(64), bytes(16)))
+
+
+class EncryptThenMACTests(SynchronousTestCase):
+    def test_round_trip_and_tamper(self) -> None:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        from securetransport.sftp import aead
+
+        key, iv, mac_key = bytes(range(32)), bytes(range(16)), bytes(range(100, 164))
+        for name in aead.ETM_MACS:
+            sender = aead.etm(name, Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor(), mac_key)
+            receiver = aead.etm(
+                name, Cipher(algorithms.AES(key), modes.CTR(iv)).decryptor(), mac_key
+            )
+            assert sender is not None and receiver is not None
+            packets = [sender.seal(bytes([n]) * (n * 100), n) for n in range(10)]
+            for n, packet in enumerate(packets):
+                self.assertEqual(receiver.open(packet, n), (bytes([n]) * (n * 100), len(packet)))
+            bad = bytearray(sender.seal(b"payload", 10))
+            bad[6] ^= 1
+            self.assertRaises(aead.PacketError, receiver.open, bytes(bad), 10)
+        self.assertIsNone(aead.etm(b"hmac-sha2-256", None, b""))
