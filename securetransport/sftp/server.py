@@ -150,6 +150,8 @@ class SFTPServerTransport(transport.SSHServerTransport):
     _initial_kex_done = False
     _counted = False
     _login_timer: IDelayedCall | None = None
+    _idle_timer: IDelayedCall | None = None
+    _last_activity = 0.0
 
     def connectionMade(self) -> None:  # noqa: N802
         runtime = self.factory.runtime  # type: ignore[attr-defined]
@@ -186,6 +188,7 @@ class SFTPServerTransport(transport.SSHServerTransport):
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self.closing:
             return
+        self._last_activity = self.runtime.reactor.seconds()
         if not self.gotVersion or getattr(self.currentEncryptions, "in_aead", None) is None:
             super().dataReceived(data)
             return
@@ -310,10 +313,35 @@ class SFTPServerTransport(transport.SSHServerTransport):
         self.sendDisconnect(transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, b"login timed out")
 
     def login_succeeded(self) -> None:
-        """Authentication is over: the login timer stops."""
+        """Authentication is over: the login timer stops, the idle timer starts."""
+        self._stop_login_timer()
+        if not self.closing and self._idle_timer is None:
+            self._idle_timer = self.runtime.reactor.callLater(
+                self.runtime.config.server.idle_timeout, self._check_idle
+            )
+
+    def _stop_login_timer(self) -> None:
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         self._login_timer = None
+
+    def _check_idle(self) -> None:
+        """`idle_timeout` seconds without a byte from the client end a logged-in session
+        (a transfer in either direction keeps the client sending)."""
+        reactor = self.runtime.reactor
+        idle = self.runtime.config.server.idle_timeout
+        quiet = reactor.seconds() - self._last_activity
+        if quiet < idle:
+            self._idle_timer = reactor.callLater(idle - quiet, self._check_idle)
+            return
+        self._idle_timer = None
+        log.info(
+            "{peer}: idle for {seconds:.0f} s; disconnecting",
+            peer=self.session.address,
+            seconds=quiet,
+        )
+        self.runtime.audit.event("idle-timeout", session=self.session.session_id, protocol="sftp")
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"idle timeout")
 
     def end(self, why: str) -> None:
         """Disconnect from the server side (shutdown, account disabled)."""
@@ -347,7 +375,10 @@ class SFTPServerTransport(transport.SSHServerTransport):
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
         self.closing = True
-        self.login_succeeded()
+        self._stop_login_timer()
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
         if getattr(self, "runtime", None) is None:
             return
         if self.service is not None or hasattr(self, "avatar"):

@@ -475,3 +475,26 @@ class AccountsAndModes(TestCase):
         self.assertEqual(target.read_bytes(), first + rest)
         events = [e for e in server.audit_events() if e["event"] == "session-start"]
         self.assertTrue(events and all(e["protocol"] == "sftp" for e in events))
+
+
+class IdleTimeout(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_idle_session_ends_busy_one_does_not(self) -> Any:
+        server = SFTPServer(self, extra_server="idle_timeout = 1").start()
+        holder: dict[str, Any] = {}
+
+        def busy_then_idle() -> bool:
+            holder["transport"], sftp = pc.sftp_by_key(server)
+            for _ in range(6):  # 1.5 s of activity, 0.25 s apart: longer than the timeout
+                sftp.listdir("/")
+                time.sleep(0.25)
+            still_active = holder["transport"].is_active()
+            return bool(still_active)
+
+        alive_while_busy = yield in_thread(busy_then_idle)
+        self.assertTrue(alive_while_busy)
+        yield _wait_for(lambda: not holder["transport"].is_active(), seconds=5)
+        holder["transport"].close()
+        self.assertIn("idle-timeout", [e["event"] for e in server.audit_events()])
