@@ -140,3 +140,37 @@ class OpenSSHAlgorithms(TestCase):
             )
             self.assertNotEqual(code, 0, option)
             self.assertIn(b"no matching", err, option)
+
+
+class OpenSSHRekey(TestCase):
+    """Key re-exchange in the middle of transfers (RekeyLimit=1M), for each kind of
+    cipher: strict kex resets sequence numbers at every NEWKEYS, and the AEAD and ETM
+    codecs switch keys cleanly."""
+
+    timeout = 180
+
+    def setUp(self) -> None:
+        self.server = SFTPServer(self).start()
+        self.work = Path(self.mktemp()).absolute()
+        self.work.mkdir()
+
+    @defer.inlineCallbacks
+    def test_rekey_during_transfers(self) -> defer.Generator[defer.Deferred[object], object, None]:
+        digest = random_file(self.work / "r.bin", 6_000_000)
+        for cipher, mac in (
+            ("chacha20-poly1305@openssh.com", "hmac-sha2-256"),
+            ("aes128-gcm@openssh.com", "hmac-sha2-256"),
+            ("aes128-ctr", "hmac-sha2-256-etm@openssh.com"),
+            ("aes256-ctr", "hmac-sha2-512"),
+        ):
+            out, err, code = yield openssh_sftp(
+                self.server,
+                "put r.bin /r.bin\nget /r.bin r.back",
+                key=self.server.key("alice"),
+                work=self.work,
+                extra=("-v", "-c", cipher, "-o", f"MACs={mac}", "-o", "RekeyLimit=1M"),
+            )
+            self.assertEqual(code, 0, err[-2000:])
+            self.assertGreaterEqual(err.count(b"SSH2_MSG_NEWKEYS received"), 3, cipher)
+            self.assertEqual(sha256_file(self.server.home("alice") / "r.bin"), digest)
+            self.assertEqual(sha256_file(self.work / "r.back"), digest)
