@@ -376,10 +376,10 @@ session_reuse = "required"
         of each account runs the KDF. Their home is the shared folder.
         """
         from securetransport.passwords import hash_password  # noqa: PLC0415
+        from securetransport.stores import open_user_store
         from securetransport.userstore import (  # noqa: PLC0415
             Account,
             UserStoreError,
-            open_user_store,
         )
 
         hashed = hash_password(self.cold_password)

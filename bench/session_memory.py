@@ -48,7 +48,8 @@ def _setup(work: Path, sessions: int) -> tuple[Any, Target]:
     from securetransport.config import load_config
     from securetransport.passwords import hash_password
     from securetransport.pki import init_pki
-    from securetransport.userstore import Account, open_user_store
+    from securetransport.stores import open_user_store
+    from securetransport.userstore import Account
 
     spec = SecureTransport()
     env = BenchEnv(

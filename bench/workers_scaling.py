@@ -66,7 +66,8 @@ def setup(root: Path, size_mib: int) -> None:
     sys.path.insert(0, str(REPO))
     from securetransport.passwords import hash_password
     from securetransport.pki import init_pki
-    from securetransport.userstore import Account, open_user_store
+    from securetransport.stores import open_user_store
+    from securetransport.userstore import Account
 
     init_pki(root / "pki", [])
     home = root / "home" / "bench"

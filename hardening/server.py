@@ -17,10 +17,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hardening import unprivileged
 from securetransport.config import load_config
 from securetransport.passwords import hash_password
 from securetransport.pki import init_pki
-from securetransport.userstore import Account, open_user_store
+from securetransport.stores import open_user_store
+from securetransport.userstore import Account
 
 PASSWORD = "correct-horse-battery-9"
 DEFAULT_CLASSES = """
@@ -72,6 +74,7 @@ class ServerProcess:
     `run_as`: (uid, gid) for twistd's --uid/--gid (the folder is handed to that user);
     "auto" (the default): "nobody" when started as root, as a real deployment would,
     else the current user. `file_size_limit`: RLIMIT_FSIZE in bytes for the server.
+    `extra_server` and `extra_tls`: TOML lines added to `[server]` and `[tls]`.
     """
 
     run_as: tuple[int, int] | None
@@ -82,6 +85,7 @@ class ServerProcess:
         *,
         users: tuple[str, ...] = ("alice", "bob"),
         extra_server: str = "",
+        extra_tls: str = "",
         classes: str = DEFAULT_CLASSES,
         upload_mode: str = "atomic",
         listen_address: str = "127.0.0.1",
@@ -94,6 +98,7 @@ class ServerProcess:
         self.root = root.absolute()
         self.users = users
         self.extra_server = extra_server
+        self.extra_tls = extra_tls
         self.classes = classes
         self.upload_mode = upload_mode
         self.listen_address = listen_address
@@ -165,6 +170,7 @@ certificate = "pki/server.crt"
 private_key = "pki/server.key"
 client_ca = "pki/ca.crt"
 certificate_user = "common-name"
+{self.extra_tls}
 
 {self.classes}
 """
@@ -189,13 +195,18 @@ certificate_user = "common-name"
             raise ServerError("already running")
         self._write_config()
         args = [twistd_path(), "-n", "--pidfile="]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.run_as is not None:
             uid, gid = self.run_as
             for parent in self.root.parents:
                 if not parent.stat().st_mode & 0o001:
                     raise ServerError(f"{parent} is not searchable by uid {uid}: use another root")
             _chown_tree(self.root, uid, gid)
+            # After the drop it still imports: from copies it can read, not the checkout.
+            python = unprivileged.runtime()
+            args = [*python.twistd_command(), "-n", "--pidfile="]
             args += ["--uid", str(uid), "--gid", str(gid)]
+            env = python.env(env)
         args += ["securetransport", "--config", str(self.config_path)]
         limit = self.file_size_limit
         preexec: Callable[[], None] | None = None
@@ -214,7 +225,7 @@ certificate_user = "common-name"
                 stdin=subprocess.DEVNULL,
                 cwd=str(self.root),
                 preexec_fn=preexec,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env=env,
             )
         finally:
             log.close()

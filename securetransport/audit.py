@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from twisted.logger import Logger
 
 log = Logger(namespace="securetransport.audit")
+
+_NAME_KEY = secrets.token_bytes(32)  # per process: groups typed names without keeping them
+
+
+def login_name_fields(name: str, is_account: bool) -> dict[str, str | None]:
+    """Audit fields for a login name as typed: the name itself only when it is an
+    account; otherwise `user` is null and `user_key` a keyed hash, so that repeated
+    attempts with one name can be grouped without writing what was typed (a password
+    typed into the name field, for instance)."""
+    if is_account:
+        return {"user": name}
+    digest = hmac.new(_NAME_KEY, name.encode("utf-8", "surrogatepass"), hashlib.sha256)
+    return {"user": None, "user_key": digest.hexdigest()[:16]}
 
 
 class _ReopenableFile:
@@ -49,11 +66,18 @@ class AuditLog(_ReopenableFile):
 
     def __init__(self, path: Path | None, clock: Any = time) -> None:
         self.clock = clock
+        # Called with (event, fields) for every event, e.g. metrics.Metrics.observe.
+        self.observers: list[Callable[[str, dict[str, Any]], None]] = []
         super().__init__(path)
 
     def event(self, event: str, **fields: Any) -> None:
         record = {"time": _iso(self.clock.time()), "event": event, **fields}
         self.write_line(json.dumps(record, default=str, ensure_ascii=False, sort_keys=False))
+        for observer in self.observers:
+            try:
+                observer(event, fields)
+            except Exception:  # noqa: BLE001 - an observer never breaks a session
+                log.failure("audit observer failed")
 
 
 class XferLog(_ReopenableFile):

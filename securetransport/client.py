@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from securetransport.tls.verify import CertificateVerdict
+
 
 def normalize_address(address: str) -> str:
     """Return the textual IP address, mapping IPv4-mapped IPv6 (`::ffff:a.b.c.d`) to IPv4."""
@@ -27,3 +29,6 @@ class ClientFacts:
     tls_version: str | None = None
     cipher: str | None = None
     peer_chain: tuple[bytes, ...] = ()  # DER certificates, leaf first; empty: none presented
+    # The chain verified once after the handshake, against the trust store, without any
+    # account's pins (the decision at USER adds those); None: no chain presented.
+    certificate: CertificateVerdict | None = None

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import ipaddress
 import json
 import math
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
+from OpenSSL import SSL
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 TLSMode = Literal["explicit", "implicit"]
@@ -29,7 +32,7 @@ LoginMethod = Literal[
 ]
 ListenProtocol = Literal["ftp", "sftp"]
 _SSH_ONLY = frozenset({"publickey", "publickey+password"})  # login methods FTP never uses
-SessionReuse = Literal["required", "off"]
+SessionReuse = Literal["required", "account", "off"]
 UploadMode = Literal["atomic", "resumable"]
 CertificateUser = Literal["common-name", "email", "none"]
 TLSVersion = Literal["TLSv1.2", "TLSv1.3"]
@@ -65,6 +68,7 @@ class ServerConfig:
     xferlog: Path | None = None
     allow_root: bool = False  # keep serving as root when twistd was not told --uid/--gid
     workers: int = 1  # reactor processes sharing the listeners (securetransport.workers)
+    shutdown_grace: float = 30  # seconds SIGTERM lets transfers in progress finish
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,23 @@ class ClassConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    """`[proxy]`: who may send a PROXY protocol header (securetransport.proxy)."""
+
+    trusted: tuple[IPNetwork, ...] = ()  # the `from` key
+    required: bool = False  # refuse connections from other addresses
+    timeout: float = 3.0  # seconds for the header (SPEC section 10; not a key)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """`[metrics]`: the Prometheus `/metrics` and `/health` endpoint (securetransport.metrics)."""
+
+    address: str = "127.0.0.1"
+    port: int = 9464
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None = None
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -129,6 +150,8 @@ class Config:
     passive: PassiveConfig = field(default_factory=PassiveConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     classes: tuple[ClassConfig, ...] = ()
+    proxy: ProxyConfig | None = None  # None: no PROXY header is read
+    metrics: MetricsConfig | None = None  # None: no metrics endpoint
     ssh: SSHConfig = field(default_factory=SSHConfig)
     warnings: tuple[str, ...] = ()  # `warning: KEY: ...` lines found while loading
 
@@ -252,6 +275,75 @@ def _quote(text: str, limit: int = 80) -> str:
         text = text[:limit] + "..."
     quoted = json.dumps(text, ensure_ascii=False)
     return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in quoted)
+
+
+# --- which names and addresses two classes may share (for the groups warning) -----------
+
+_GLOB_SPECIAL = re.compile(r"[*?\[\]]")
+_EVERY_NETWORK: tuple[IPNetwork, ...] = (
+    ipaddress.IPv4Network("0.0.0.0/0"),
+    ipaddress.IPv6Network("::/0"),
+)
+
+
+def _literal_ends(pattern: str) -> tuple[str, str] | None:
+    """The literal text a glob's matches surely start and end with; None for no wildcard."""
+    specials = [m.start() for m in _GLOB_SPECIAL.finditer(pattern)]
+    if not specials:
+        return None
+    return pattern[: specials[0]], pattern[specials[-1] + 1 :]
+
+
+def _patterns_disjoint(first: str, second: str) -> bool:
+    """True only when no name matches both globs (judged by their literal ends)."""
+    ends, other_ends = _literal_ends(first), _literal_ends(second)
+    if ends is None:
+        return not fnmatch.fnmatchcase(first, second)
+    if other_ends is None:
+        return not fnmatch.fnmatchcase(second, first)
+    (prefix, suffix), (other_prefix, other_suffix) = ends, other_ends
+    return not (
+        (prefix.startswith(other_prefix) or other_prefix.startswith(prefix))
+        and (suffix.endswith(other_suffix) or other_suffix.endswith(suffix))
+    )
+
+
+def _networks(klass: ClassConfig) -> tuple[IPNetwork, ...]:
+    return _EVERY_NETWORK if klass.addresses is None else klass.addresses
+
+
+def _disjoint(entry: ClassConfig, other: ClassConfig) -> bool:
+    """True only when `other` surely matches no non-member of `entry`'s groups that
+    `entry`'s users and addresses admit."""
+    if other.groups is not None and entry.groups is not None:
+        if set(other.groups) <= set(entry.groups):
+            return True  # who is in one of these groups got `entry` already
+    if entry.users is not None and other.users is not None:
+        if all(_patterns_disjoint(a, b) for a in entry.users for b in other.users):
+            return True
+    return not any(
+        a.version == b.version and a.overlaps(b) for a in _networks(entry) for b in _networks(other)
+    )
+
+
+def _within(inner: IPNetwork, outer: IPNetwork) -> bool:
+    if isinstance(inner, ipaddress.IPv4Network) and isinstance(outer, ipaddress.IPv4Network):
+        return inner.subnet_of(outer)
+    if isinstance(inner, ipaddress.IPv6Network) and isinstance(outer, ipaddress.IPv6Network):
+        return inner.subnet_of(outer)
+    return False
+
+
+def _covers(other: ClassConfig, entry: ClassConfig) -> bool:
+    """True only when `other` surely matches every name and address `entry` admits, for
+    any groups: it has no groups criterion, each pattern of `entry` is one of its own (or
+    it has "*" or no users criterion), each network of `entry` lies in one of its own."""
+    if other.groups is not None:
+        return False
+    if other.users is not None and "*" not in other.users:
+        if entry.users is None or not set(entry.users) <= set(other.users):
+            return False
+    return all(any(_within(a, b) for b in _networks(other)) for a in _networks(entry))
 
 
 def _show(value: object) -> str:
@@ -394,8 +486,6 @@ def _ciphers(value: object) -> str:
 
 
 def _openssl_accepts_ciphers(ciphers: str) -> bool:
-    from OpenSSL import SSL
-
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     try:
         context.set_cipher_list(ciphers.encode("ascii"))
@@ -478,6 +568,8 @@ class _Builder:
     def users_url(self, value: object) -> str:
         text = _string(value)
         scheme, colon, rest = text.partition(":")
+        if scheme == "postgresql" and rest.startswith("//"):
+            return text  # a libpq URI (SPEC section 10); psycopg checks the rest
         if scheme != "sqlite" or not colon:
             raise _bad(f'must be "sqlite:PATH", got {_show(text)}')
         if not rest:
@@ -541,6 +633,7 @@ class _Builder:
             "xferlog": self.optional_path,
             "allow_root": _boolean,
             "workers": _positive_integer,
+            "shutdown_grace": _seconds,
         }
         result = self.table(value, "server", fields)
         values = result[0] if result else {}
@@ -585,6 +678,31 @@ class _Builder:
         fields = {"ports": _port_range, "address": _passive_address}
         result = self.table(value, "passive", fields)
         return PassiveConfig(**(result[0] if result else {}))
+
+    def proxy(self, value: object) -> ProxyConfig:
+        fields: dict[str, Callable[[object], Any]] = {
+            "from": _array(_network, allow_empty=False),
+            "required": _boolean,
+        }
+        result = self.table(value, "proxy", fields)
+        values = result[0] if result else {}
+        if result is not None and "from" not in values and "from" not in result[1]:
+            self.problems.append(
+                'proxy.from: required (the balancers\' networks, e.g. ["10.0.0.5/32"])'
+            )
+        for index, network in enumerate(values.get("from", ()), 1):
+            if network.prefixlen == 0:
+                self.warn(
+                    f"proxy.from[{index}]",
+                    f"{network} believes a PROXY header from any address, so any client"
+                    " can choose the address it is seen from",
+                )
+        return ProxyConfig(trusted=values.get("from", ()), required=values.get("required", False))
+
+    def metrics(self, value: object) -> MetricsConfig:
+        fields = {"address": _ip_address, "port": _port}
+        result = self.table(value, "metrics", fields)
+        return MetricsConfig(**(result[0] if result else {}))
 
     def tls(self, value: object) -> tuple[TLSConfig, set[str]]:
         fields: dict[str, Callable[[object], Any]] = {
@@ -663,8 +781,10 @@ class _Builder:
         tls = TLSConfig()
         tls_bad: set[str] = set()
         classes: list[tuple[ClassConfig, set[str]]] = []
+        proxy: ProxyConfig | None = None
+        metrics: MetricsConfig | None = None
         ssh = SSHConfig()
-        sections = ("server", "listen", "passive", "tls", "class", "ssh")
+        sections = ("server", "listen", "passive", "tls", "class", "proxy", "metrics", "ssh")
         for name, value in data.items():
             if name == "server":
                 server = self.server(value)
@@ -678,6 +798,10 @@ class _Builder:
                 tls, tls_bad = self.tls(value)
             elif name == "class":
                 classes = self.classes(value)
+            elif name == "proxy":
+                proxy = self.proxy(value)
+            elif name == "metrics":
+                metrics = self.metrics(value)
             elif name == "ssh":
                 ssh = self.ssh(value)
             else:
@@ -699,6 +823,8 @@ class _Builder:
             passive=passive,
             tls=tls,
             classes=tuple(entry for entry, _ in classes),
+            proxy=proxy,
+            metrics=metrics,
             ssh=ssh,
             warnings=tuple(self.warnings),
         )
@@ -774,34 +900,62 @@ class _Builder:
     def warn_groups(
         self, index: int, entry: ClassConfig, later: list[tuple[ClassConfig, set[str]]]
     ) -> None:
-        """SPEC 4: a class chosen by groups reveals membership when later classes differ."""
+        """SPEC 4: warn when a class chosen by groups makes replies depend on membership.
+
+        Members get `entry`; a non-member (or an unknown name) that `entry`'s users and
+        addresses criteria admit falls through to the later classes. Walk them in order:
+        a class that surely shares no name or address with `entry` (`_disjoint`) is never
+        reached; any other may answer some non-members, so a different ssl,
+        client_certificate or login there shows membership (warn, naming it). The walk
+        stops at the first class that surely matches every name and address `entry`
+        admits (`_covers`): nothing after it is reached. Without one, some non-members may
+        match no class (530), which differs from any reply of `entry` (warn).
+        When unsure, a class is taken as possibly matching and not as covering.
+        """
         differ: list[str] = []
+        kinds: set[str] = set()
+        covered = False
         for offset, (other, bad) in enumerate(later, index + 1):
-            if bad:
+            if bad or _disjoint(entry, other):
                 continue
             what = [
                 key
                 for key, differs in (
                     ("ssl", other.ssl != entry.ssl),
+                    ("client_certificate", other.client_certificate != entry.client_certificate),
                     ("login", set(other.login) != set(entry.login)),
                 )
                 if differs
             ]
             if what:
+                kinds.update(what)
                 differ.append(f"class[{offset}] {_quote(other.name)} ({' and '.join(what)})")
+            if _covers(other, entry):
+                covered = True
+                break
         reveal = "so its replies to USER tell who is in those groups"
         key = f"class[{index}].groups"
         if differ:
+            different = (
+                "ssl, client_certificate or login"
+                if "client_certificate" in kinds
+                else "ssl or login"
+            )
             self.warn(
                 key,
                 f"{_quote(entry.name)} is chosen by groups and precedes a class with a "
-                f"different ssl or login: {', '.join(differ)}; {reveal}",
+                f"different {different}: {', '.join(differ)}; {reveal}",
             )
-        elif not any(not other.has_criteria for other, bad in later if not bad):
+        elif not covered:
+            admitted = (
+                "everyone"
+                if entry.users is None and entry.addresses is None
+                else "every name and address it does"
+            )
             self.warn(
                 key,
                 f"{_quote(entry.name)} is chosen by groups and no class after it matches "
-                f"everyone, so other names may match no class (530); {reveal}",
+                f"{admitted}, so other names may match no class (530); {reveal}",
             )
 
     def warn_passive(

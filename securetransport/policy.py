@@ -31,15 +31,18 @@ no certificate can name them. Nothing in a reply text depends on the account bey
 the login name as typed. (SPEC's "for an unknown or disabled name every certificate
 counts as none" is read as "no certificate names it": counting a failed certificate as
 none would answer 331 to an unknown name where a known one gets 530, which the SPEC's
-enumeration rules forbid.) A good certificate pinned on another enabled account
-(`pinned_elsewhere`) counts as "names another account", not as "untrusted".
+enumeration rules forbid.)
+
+"Good" is per account: a certificate is verified with this account's pins only, so a
+self-signed certificate pinned on another account has failed (untrusted) here. A
+certificate pinned on any account, enabled or disabled (`pinned_elsewhere`), never
+names another account by its attributes.
 """
 
 from __future__ import annotations
 
 import datetime
 import fnmatch
-import hashlib
 import ipaddress
 import unicodedata
 from collections.abc import Sequence
@@ -48,7 +51,12 @@ from typing import Final, Literal
 
 from securetransport.client import ClientFacts
 from securetransport.config import ClassConfig
-from securetransport.tls.verify import CertificateVerdict, TrustStore, verify_certificate
+from securetransport.tls.verify import (
+    CertificateVerdict,
+    TrustStore,
+    verify_certificate,
+    with_pins,
+)
 from securetransport.userstore import Account, ssh_key_fingerprint
 
 # The reply texts, in one place. `{name}` is the login name as typed (made printable).
@@ -159,9 +167,9 @@ def names_account(
     `tls.client_ca`, the account pins none and the attribute chosen by
     `certificate_user` ("common-name": the CN; "email": one of the rfc822Name SANs;
     "none": nothing) equals the account name exactly. `pinned_elsewhere` is True when
-    the fingerprint is pinned on any enabled account (the user store knows:
-    `find_by_fingerprint`): such a certificate names only the accounts that pin it,
-    never one by its attributes.
+    the fingerprint is pinned on any account, enabled or disabled (the user store knows:
+    `find_by_fingerprint`): such a certificate names only the enabled accounts that pin
+    it, never one by its attributes.
     """
     if verdict is None or not verdict.good or account is None or not account.enabled:
         return False
@@ -198,9 +206,8 @@ def decide_user(
 
     `account` is None for an unknown or a disabled name (a disabled Account is
     treated as None too). `pinned_elsewhere`: the presented leaf's fingerprint is
-    pinned on some enabled account (see `names_account`); the certificate is then judged as
-    that account would judge it, so it counts as "names another account" rather than
-    "untrusted". `now` judges certificate dates.
+    pinned on some account, enabled or not (see `names_account`). The certificate is
+    verified with this account's pins only. `now` judges certificate dates.
     """
     if account is not None and (not account.enabled or account.name != name):
         account = None
@@ -230,10 +237,12 @@ def decide_user(
     verdict = None
     status: CertificateStatus = "none"
     if klass.client_certificate == "verify" and facts.peer_chain:
-        pins = set(account.certificates) if account else set()
-        if pinned_elsewhere and isinstance(facts.peer_chain[0], bytes | bytearray):
-            pins.add(hashlib.sha256(facts.peer_chain[0]).hexdigest())
-        verdict = verify_certificate(facts.peer_chain, trust, pins=frozenset(pins), now=now)
+        pins = account.certificates if account else ()
+        # Verified once after the handshake (facts.certificate); only the pins differ.
+        base = facts.certificate
+        if base is None:
+            base = verify_certificate(facts.peer_chain, trust, now=now)
+        verdict = with_pins(base, pins)
         if not verdict.good:
             status = "failed"
         elif names_account(verdict, account, certificate_user, pinned_elsewhere=pinned_elsewhere):

@@ -10,9 +10,10 @@ The file holds a header and three fixed-size open-addressing tables (linear prob
 most `PROBES` slots from a key's home slot, homes from a salted BLAKE2b hash so clients
 cannot aim keys at one region):
 
-- sessions: key = the client address (16 bytes, IPv4 as IPv4-mapped IPv6), one open-session
-  count per worker; the header holds each worker's total. Counts are per worker so that the
-  supervisor can forget the sessions of a worker that died (`forget_worker`). The table has
+- sessions: key = the client address (16 bytes, IPv4 as IPv4-mapped IPv6, IPv6 as its /64
+  as bans count it), one open-session count per worker; the header holds each worker's
+  total. Counts are per worker so that the supervisor can forget the sessions of a worker
+  that died (`forget_worker`). The table has
   at least 4 x max_sessions slots, so live keys (at most max_sessions) never fill it; if a
   probe window is ever all live, the session is refused, never counted loosely.
 - addresses (ban keys, `limits.ban_key`): the time a ban ends, and the times of the last
@@ -44,7 +45,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
-from securetransport.limits import ban_key
+from securetransport.limits import ban_key, name_ring_size
 
 MAGIC: Final = b"STLIMIT1"
 PROBES: Final = 32
@@ -75,29 +76,29 @@ def _power_of_two(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def name_ring_size(max_delay: float) -> int:
-    """Failures of a name that the delay 2**n (capped at `max_delay`) needs to know about."""
-    return max(1, math.ceil(math.log2(max_delay))) if max_delay > 1 else 1
-
-
 def address_ring_size(max_failures: int) -> int:
     return min(max_failures, RING_LIMIT)
 
 
 def _address_key(address: str) -> bytes:
-    """16 bytes for an address: IPv6 packed, IPv4 as IPv4-mapped; other text hashed."""
+    """16 bytes for the unit of `limits.session_key`: an IPv4 address as IPv4-mapped IPv6,
+    an IPv6 /64 as its network address (the low 64 bits zero, so never IPv4-mapped);
+    other text hashed."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return hashlib.blake2b(address.encode("utf-8", "replace"), digest_size=16).digest()
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
     if isinstance(ip, ipaddress.IPv4Address):
         return b"\0" * 10 + b"\xff\xff" + ip.packed
-    return ip.packed
+    return ip.packed[:8] + b"\0" * 8
 
 
 def _address_text(key: bytes) -> str:
+    """The `limits.session_key` text of a sessions-table key."""
     ip = ipaddress.IPv6Address(key)
-    return str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else str(ip)
+    return str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else f"{ip}/64"
 
 
 class _Table:

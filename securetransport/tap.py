@@ -10,6 +10,13 @@ from twisted.python import usage
 
 from securetransport.cli import DEFAULT_CONFIG
 from securetransport.config import Config, ConfigError, load_config
+from securetransport.pgstore import PostgreSQLUserStore
+from securetransport.service import SecureTransportService
+from securetransport.tls.context import TLSConfigError
+from securetransport.tls.material import load_tls
+from securetransport.tls.verify import TrustStoreError
+from securetransport.userstore import UserStoreError
+from securetransport.workers import WorkerSupervisor
 
 
 class Options(usage.Options):
@@ -24,10 +31,6 @@ class Options(usage.Options):
             raise usage.UsageError("\n".join(error.problems)) from None
         # The [tls] files are parsed here, before twistd drops privileges (keys may be
         # readable by root only); a bad file is one line naming the key.
-        from securetransport.service import load_tls
-        from securetransport.tls.context import TLSConfigError
-        from securetransport.tls.verify import TrustStoreError
-
         config: Config = self["parsed"]
         key = config.tls.private_key
         if key is not None and key.exists() and key.stat().st_mode & 0o006:
@@ -40,6 +43,7 @@ class Options(usage.Options):
         except (TLSConfigError, TrustStoreError) as error:
             raise usage.UsageError(tls_problem(error, config)) from None
         self.refuse_root(config)
+        check_user_store(config)
 
     def refuse_root(self, config: Config) -> None:
         """Refuse to keep serving as root unless twistd drops privileges or the config says so."""
@@ -50,6 +54,18 @@ class Options(usage.Options):
                 "refusing to serve as root: give twistd --uid and --gid "
                 "(ports and keys are opened first), or set server.allow_root = true"
             )
+
+
+def check_user_store(config: Config) -> None:
+    """A PostgreSQL store must be reachable and on this program's schema (SPEC section 10):
+    otherwise one line naming the key, and `securetransport db upgrade` when it is older."""
+    if not config.server.users.startswith("postgresql://"):
+        return
+
+    try:
+        PostgreSQLUserStore(config.server.users, max_size=1).close()
+    except UserStoreError as error:
+        raise usage.UsageError(f"server.users: {error}") from None
 
 
 def tls_problem(error: Exception, config: Config) -> str:
@@ -67,11 +83,7 @@ def tls_problem(error: Exception, config: Config) -> str:
 
 
 def makeService(options: Options) -> IService:
-    from securetransport.service import SecureTransportService
-
     config: Config = options["parsed"]
     if config.server.workers > 1:
-        from securetransport.workers import WorkerSupervisor
-
         return WorkerSupervisor(config, tls=options["tls"])
     return SecureTransportService(config, tls=options["tls"])

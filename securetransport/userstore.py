@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import Interface, implementer
@@ -55,22 +55,25 @@ class UserStoreError(Exception):
 class IUserStore(Interface):
     """Blocking account storage; call it from a thread, never from the reactor."""
 
-    def get(name: str) -> Account | None:  # type: ignore[misc,empty-body]
+    def get(name: str) -> Account | None:
         """The account called `name`, or None."""
 
-    def list() -> list[Account]:  # type: ignore[misc,empty-body]
+    def list() -> list[Account]:
         """Every account, sorted by name."""
 
-    def add(account: Account) -> None:  # type: ignore[misc]
+    def add(account: Account) -> None:
         """Create an account; UserStoreError if the name exists."""
 
-    def update(account: Account) -> None:  # type: ignore[misc]
+    def update(account: Account) -> None:
         """Replace an existing account; UserStoreError if it does not exist."""
 
-    def remove(name: str) -> bool:  # type: ignore[misc,empty-body]
+    def remove(name: str) -> bool:
         """Delete an account; True if it existed."""
 
-    def close() -> None:  # type: ignore[misc]
+    def find_by_fingerprint(fingerprint: str) -> builtins.list[str]:
+        """The names of the accounts (enabled or not) that pin `fingerprint`."""
+
+    def close() -> None:
         """Release connections."""
 
 
@@ -422,37 +425,16 @@ if TYPE_CHECKING:
     BlockingUserStore: TypeAlias = IUserStore | SQLiteUserStore
 
 
-def open_user_store(url: str) -> IUserStore:
-    """Open the store named by a URL: `sqlite:/absolute/path` (the folder is created)."""
-    scheme, sep, rest = url.partition(":")
-    if not sep or scheme != "sqlite":
-        raise UserStoreError(f"unsupported user store URL (want sqlite:/path): {url}")
-    path = Path(rest)
-    if not rest or not path.is_absolute():
-        raise UserStoreError(f"user store path must be absolute: {url}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as error:
-        raise UserStoreError(f"cannot create {path.parent}: {error.strerror}") from None
-    return cast(IUserStore, SQLiteUserStore(path))
-
-
 # --- non-blocking wrapper -----------------------------------------------------------
 
 
-def pinned_by_enabled_account(store: Any, fingerprint: str | None) -> bool:
-    """Blocking: does any enabled account pin `fingerprint`? (`policy.decide_user`'s
-    `pinned_elsewhere`: such a certificate never names an account by its attributes.)"""
+def pinned_by_any_account(store: IUserStore, fingerprint: str | None) -> bool:
+    """Blocking: does any account, enabled or disabled, pin `fingerprint`?
+    (`policy.decide_user`'s `pinned_elsewhere`: such a certificate never names an
+    account by its attributes; disabling the account that pins it changes nothing.)"""
     if not fingerprint:
         return False
-    finder = getattr(store, "find_by_fingerprint", None)
-    if finder is None:
-        return False
-    for owner in finder(fingerprint):
-        found = store.get(owner)
-        if found is not None and found.enabled:
-            return True
-    return False
+    return bool(store.find_by_fingerprint(fingerprint))
 
 
 class AsyncUserStore:
@@ -473,8 +455,8 @@ class AsyncUserStore:
         """Read the account and call `fn` with it, both in the pool (fn may touch the disk)."""
         return self._run(lambda: fn(self.store.get(name)))
 
-    def pinned_by_enabled_account(self, fingerprint: str | None) -> Deferred[bool]:
-        return self._run(pinned_by_enabled_account, self.store, fingerprint)
+    def pinned_by_any_account(self, fingerprint: str | None) -> Deferred[bool]:
+        return self._run(pinned_by_any_account, self.store, fingerprint)
 
     def list(self) -> Deferred[builtins.list[Account]]:
         return self._run(self.store.list)
@@ -489,8 +471,5 @@ class AsyncUserStore:
         return self._run(self.store.remove, name)
 
     def find_by_fingerprint(self, fingerprint: str) -> Deferred[builtins.list[str]]:
-        """Accounts pinning `fingerprint`; [] if the store cannot look pins up."""
-        finder = getattr(self.store, "find_by_fingerprint", None)
-        if finder is None:
-            return succeed([])
-        return self._run(finder, fingerprint)
+        """Accounts pinning `fingerprint`."""
+        return self._run(self.store.find_by_fingerprint, fingerprint)

@@ -31,6 +31,7 @@ import os
 import posixpath
 import secrets
 import stat as stat_module
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,26 +116,26 @@ class FileStat:
 class IReadHandle(Interface):
     size = Attribute("int: file size when opened")
 
-    def fileno() -> int:  # type: ignore[misc,empty-body]
+    def fileno() -> int:
         """OS file descriptor (for sendfile)."""
 
-    def read(offset: int, length: int) -> Deferred[bytes]:  # type: ignore[misc,empty-body]
+    def read(offset: int, length: int) -> Deferred[bytes]:
         """Read up to `length` bytes at `offset` off the reactor thread; b'' at EOF."""
 
-    def close() -> None:  # type: ignore[misc,empty-body]
+    def close() -> None:
         """Close the file."""
 
 
 class IUpload(Interface):
     path = Attribute("str: the virtual path being written")
 
-    def write(data: bytes) -> Deferred[None]:  # type: ignore[misc,empty-body]
+    def write(data: bytes) -> Deferred[None]:
         """Queue data; the Deferred fires when it is safe to send more (back-pressure)."""
 
-    def commit() -> Deferred[int]:  # type: ignore[misc,empty-body]
+    def commit() -> Deferred[int]:
         """Flush and publish the file (rename into place); fires with the bytes received."""
 
-    def abort() -> Deferred[None]:  # type: ignore[misc,empty-body]
+    def abort() -> Deferred[None]:
         """Interrupted upload: atomic mode deletes the partial; the target stays as it was."""
 
 
@@ -143,45 +144,43 @@ class IFilesystem(Interface):
 
     read_only = Attribute("bool: writes get PermissionDenied")
 
-    def resolve(cwd: str, path: str) -> str:  # type: ignore[misc,empty-body]
+    def resolve(cwd: str, path: str) -> str:
         """Pure: join `path` onto `cwd`, normalize, return a virtual absolute path.
 
         Raises InvalidName for names that can never be used (NUL, CR, LF,
         the reserved temporary prefix).
         """
 
-    def stat(path: str) -> Deferred[FileStat]:  # type: ignore[misc,empty-body]
+    def stat(path: str) -> Deferred[FileStat]:
         """Stat a path (symlinks leading out of the home are NotFound)."""
 
-    def listdir(path: str) -> Deferred[list[FileStat]]:  # type: ignore[misc,empty-body]
+    def listdir(path: str) -> Deferred[list[FileStat]]:
         """Entries of a folder, sorted, without unlistable names."""
 
-    def open_read(path: str) -> Deferred[IReadHandle]:  # type: ignore[misc,empty-body]
+    def open_read(path: str) -> Deferred[IReadHandle]:
         """Open a regular file for reading."""
 
-    def open_upload(  # type: ignore[misc,empty-body]
+    def open_upload(
         path: str, offset: int = 0, append: bool = False, unique: bool = False
     ) -> Deferred[IUpload]:
         """Start an upload per `upload_mode`; `unique` picks a new name (STOU)."""
 
-    def mkdir(path: str) -> Deferred[None]:  # type: ignore[misc,empty-body]
+    def mkdir(path: str) -> Deferred[None]:
         """Create a folder."""
 
-    def rmdir(path: str) -> Deferred[None]:  # type: ignore[misc,empty-body]
+    def rmdir(path: str) -> Deferred[None]:
         """Remove an empty folder."""
 
-    def remove(path: str) -> Deferred[None]:  # type: ignore[misc,empty-body]
+    def remove(path: str) -> Deferred[None]:
         """Delete a file."""
 
-    def rename(source: str, target: str) -> Deferred[None]:  # type: ignore[misc,empty-body]
+    def rename(source: str, target: str) -> Deferred[None]:
         """Rename a file or folder."""
 
-    def set_mtime(path: str, mtime: float) -> Deferred[None]:  # type: ignore[misc,empty-body]
+    def set_mtime(path: str, mtime: float) -> Deferred[None]:
         """Set a file's modification time (MFMT)."""
 
-    def digest(  # type: ignore[misc,empty-body]
-        path: str, start: int, end: int | None
-    ) -> Deferred[str]:
+    def digest(path: str, start: int, end: int | None) -> Deferred[str]:
         """SHA-256 hex digest of bytes [start, end) of a file (HASH)."""
 
 
@@ -1078,20 +1077,23 @@ class LocalFilesystem:
 # --- start-up helpers (blocking; call before the reactor runs or from a thread) -------
 
 
-def sweep_temporaries(home_root: Path) -> int:
+def sweep_temporaries(home_root: Path, min_age: float = 0.0) -> int:
     """Delete leftover upload temporaries (`.st-upload-*` files) below home_root.
 
     Symlinks are not followed. Returns how many were removed. Run it at start-up
-    only: on a home_root shared by several live servers it would cut their uploads.
+    only: on a home_root shared by several live servers it would cut their uploads,
+    unless `min_age` (seconds since the last write) spares those still being written.
     """
     removed = 0
+    now = time.time()
     for folder, dirnames, filenames in os.walk(os.fsencode(home_root)):
         for name in filenames + dirnames:
             if not name.startswith(_TEMPORARY_BYTES):
                 continue
             path = os.path.join(folder, name)
             try:
-                if stat_module.S_ISDIR(os.lstat(path).st_mode):
+                info = os.lstat(path)
+                if stat_module.S_ISDIR(info.st_mode) or now - info.st_mtime < min_age:
                     continue
                 os.unlink(path)
                 removed += 1

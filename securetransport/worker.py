@@ -21,6 +21,10 @@ from typing import IO, Any
 from twisted.logger import ILogObserver, eventAsText, globalLogBeginner
 from zope.interface import provider
 
+from securetransport.service import SecureTransportService
+from securetransport.tls.material import tls_runtime
+from securetransport.workers import WorkerBoot, WorkerRole
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -63,7 +67,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
     die_with_parent(args.supervisor)
-    from securetransport.workers import WorkerBoot, WorkerRole, tls_runtime
 
     boot = pickle.load(sys.stdin.buffer)  # from our supervisor, over a private pipe
     sys.stdin.close()
@@ -73,8 +76,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     globalLogBeginner.beginLoggingTo([text_observer(sys.stdout)], redirectStandardIO=False)
 
     from twisted.internet import reactor
-
-    from securetransport.service import SecureTransportService
 
     first, last = (int(part) for part in args.passive.split("-", 1))
     fds = [] if args.listen_fds == "-" else [int(fd) for fd in args.listen_fds.split(",")]
@@ -87,8 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for fd in fds:  # the ports hold their own copies now
         os.close(fd)
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
     return 0
 
 

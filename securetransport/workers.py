@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -35,20 +37,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from twisted.application.service import MultiService
 from twisted.internet import defer, error, protocol, tcp
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 import securetransport
 from securetransport.audit import AuditLog
 from securetransport.config import Config, ListenConfig, ServerConfig
-from securetransport.runtime import TLSRuntime
+from securetransport.metrics import listen_metrics, multiprocess_render
+from securetransport.runtime import IWorkerRole
+from securetransport.service import preload_modules, sweep_min_age
 from securetransport.shared_limits import SharedLimits, SharedLoginGuard, SharedSessionCounter
+from securetransport.tls.material import (
+    TLSFileWatch,
+    TLSMaterial,
+    TLSRuntime,
+    load_tls,
+    tls_material,
+)
+from securetransport.vfs import sweep_temporaries
 
 log = Logger(namespace="securetransport.workers")
 
@@ -91,64 +101,6 @@ def accept_now(mine: int, others: Sequence[int]) -> bool:
     """Whether a worker with `mine` open sessions takes a new connection at once, or
     first leaves it a moment to a worker holding fewer (least sessions first)."""
     return not others or mine <= min(others)
-
-
-# ------------------------------------------------------------------ the [tls] material
-
-
-@dataclass(frozen=True)
-class TLSMaterial:
-    """The parsed `[tls]` files as DER bytes: what the supervisor hands a worker."""
-
-    chain: tuple[bytes, ...]
-    private_key: bytes  # PKCS#8, unencrypted
-    client_cas: tuple[bytes, ...]
-    min_version: str
-    ciphers: str
-    trust_cas: tuple[bytes, ...]
-    crls: tuple[tuple[str, bytes], ...]  # (file, DER)
-
-
-def tls_material(tls: TLSRuntime | None) -> TLSMaterial | None:
-    if tls is None:
-        return None
-    credentials = tls.contexts.credentials
-    der = serialization.Encoding.DER
-    return TLSMaterial(
-        chain=tuple(cert.public_bytes(der) for cert in credentials.chain),
-        private_key=credentials.private_key.private_bytes(
-            der, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
-        client_cas=tuple(cert.public_bytes(der) for cert in credentials.client_cas),
-        min_version=credentials.min_version,
-        ciphers=credentials.ciphers,
-        trust_cas=tuple(cert.public_bytes(der) for cert in tls.trust.cas),
-        crls=tuple((str(item.path), item.crl.public_bytes(der)) for item in tls.trust.crls),
-    )
-
-
-def tls_runtime(material: TLSMaterial | None) -> TLSRuntime | None:
-    """Rebuild the TLS runtime from the supervisor's material, reading no file."""
-    from securetransport.tls.context import ServerCredentials, SessionContextFactory
-    from securetransport.tls.verify import LoadedCRL, TrustStore
-
-    if material is None:
-        return None
-    key = serialization.load_der_private_key(material.private_key, password=None)
-    credentials = ServerCredentials(
-        chain=tuple(x509.load_der_x509_certificate(der) for der in material.chain),
-        private_key=key,  # type: ignore[arg-type]
-        client_cas=tuple(x509.load_der_x509_certificate(der) for der in material.client_cas),
-        min_version=material.min_version,  # type: ignore[arg-type]
-        ciphers=material.ciphers,
-    )
-    trust = TrustStore(
-        cas=tuple(x509.load_der_x509_certificate(der) for der in material.trust_cas),
-        crls=tuple(
-            LoadedCRL(Path(path), x509.load_der_x509_crl(der)) for path, der in material.crls
-        ),
-    )
-    return TLSRuntime(contexts=SessionContextFactory(credentials), trust=trust)
 
 
 @dataclass(frozen=True)
@@ -208,6 +160,7 @@ class BalancedPort(tcp.Port):
             self.startReading()
 
 
+@implementer(IWorkerRole)
 class WorkerRole:
     """What one worker process got from its supervisor; builds its shared parts."""
 
@@ -277,6 +230,7 @@ class _WorkerProcess(protocol.ProcessProtocol):
         self.boot = boot
         self.ended: defer.Deferred[None] = defer.Deferred()
         self._partial = {1: b"", 2: b""}
+        self.pid: int | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -324,14 +278,17 @@ class WorkerSupervisor(MultiService):
         self._pending: dict[int, Any] = {}  # index -> IDelayedCall of a restart
         self._stopping = False
         self._started_once = False
-        self._watch: LoopingCall | None = None
-        self._stamps: tuple[tuple[str, float, int], ...] = ()
+        self._watch: TLSFileWatch | None = None
+        self.metrics_dir: str | None = None  # the workers' multiprocess metrics files
+        self.metrics_port: Any = None
 
     # ------------------------------------------------------------- start
 
     def privilegedStartService(self) -> None:
         """Before twistd drops privileges: bind the listeners (ports 21 and 990 need root)."""
+
         super().privilegedStartService()
+        preload_modules(self.config)
         self._bind()
 
     def _bind(self) -> None:
@@ -349,14 +306,13 @@ class WorkerSupervisor(MultiService):
             )
 
     def startService(self) -> None:
-        from securetransport.service import file_stamps, tls_files
-        from securetransport.vfs import sweep_temporaries
-
         super().startService()
         self._bind()
         server = self.config.server
         server.home_root.mkdir(parents=True, exist_ok=True)
-        swept = sweep_temporaries(server.home_root)  # once, before any worker uploads
+
+        # once, before any worker uploads (sparing other nodes' uploads on a shared tree)
+        swept = sweep_temporaries(server.home_root, sweep_min_age(self.config))
         if swept:
             log.info("removed {count} interrupted uploads", count=swept)
         self.limits = SharedLimits.create(
@@ -369,15 +325,26 @@ class WorkerSupervisor(MultiService):
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         except ValueError:  # not the main thread (tests)
             pass
+        if self.config.metrics is not None:
+            self._start_metrics()
         for index in range(self.count):
             self._spawn(index)
         if self.config.tls.enabled:
-            self._stamps = file_stamps(tls_files(self.config))
-            self._watch = LoopingCall(self._check_tls_files)
-            self._watch.clock = self.reactor
-            from securetransport.service import RELOAD_CHECK_SECONDS
+            self._watch = TLSFileWatch(self.config, self.reactor, self._reload_own_tls)
+            self._watch.start()
 
-            self._watch.start(RELOAD_CHECK_SECONDS, now=False)
+    def _start_metrics(self) -> None:
+        """One endpoint for the whole server: the workers' values, aggregated (metrics.py)."""
+
+        folder = SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK) else Path("/tmp")
+        self.metrics_dir = tempfile.mkdtemp(prefix="securetransport-metrics-", dir=folder)
+        assert self.config.metrics is not None
+        self.metrics_port = listen_metrics(
+            self.reactor,
+            self.config.metrics,
+            multiprocess_render(self.metrics_dir),
+            lambda: self._stopping,
+        )
 
     def _limits_path(self) -> Path:
         folder = SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK) else Path("/tmp")
@@ -417,9 +384,14 @@ class WorkerSupervisor(MultiService):
         package_root = str(Path(securetransport.__file__).resolve().parent.parent)
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, "PYTHONPATH": package_root + (os.pathsep + path if path else "")}
+        if self.metrics_dir is not None:
+            from securetransport.metrics import MULTIPROC_ENV
+
+            env[MULTIPROC_ENV] = self.metrics_dir
         process = _WorkerProcess(self, index, self._boot())
         try:
             self.reactor.spawnProcess(process, sys.executable, args, env=env, childFDs=child_fds)
+            process.pid = getattr(process.transport, "pid", None)  # gone once it is reaped
         except OSError as problem:
             log.error(
                 "cannot start worker {index}: {python}: {error} (the user twistd runs as "
@@ -452,6 +424,11 @@ class WorkerSupervisor(MultiService):
             del self.processes[index]
         if self.limits is not None:
             self.limits.forget_worker(index)  # its sessions ended with it
+        pid = process.pid
+        if self.metrics_dir is not None and pid is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid, self.metrics_dir)  # its gauges no longer count
         if self._stopping:
             return
         status = reason.value
@@ -476,22 +453,12 @@ class WorkerSupervisor(MultiService):
 
     def reload(self) -> None:
         """SIGHUP: forward to every worker; reload the [tls] copy given to new workers."""
-        from securetransport.service import load_tls
-
         for process in list(self.processes.values()):
             self._signal(process, "HUP")
+        self._reload_own_tls()
+
+    def _reload_own_tls(self) -> None:
         if self.config.tls.enabled:
-            try:
-                self.tls = load_tls(self.config, previous=self.tls)
-            except Exception as problem:  # noqa: BLE001 - keep the last good material
-                log.error("TLS reload failed in the supervisor: {error}", error=problem)
-
-    def _check_tls_files(self) -> None:
-        from securetransport.service import file_stamps, load_tls, tls_files
-
-        stamps = file_stamps(tls_files(self.config))
-        if stamps != self._stamps:
-            self._stamps = stamps
             try:
                 self.tls = load_tls(self.config, previous=self.tls)
             except Exception as problem:  # noqa: BLE001 - keep the last good material
@@ -508,7 +475,7 @@ class WorkerSupervisor(MultiService):
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         self._stopping = True
-        if self._watch is not None and self._watch.running:
+        if self._watch is not None:
             self._watch.stop()
         for call in self._pending.values():
             if call.active():
@@ -526,12 +493,21 @@ class WorkerSupervisor(MultiService):
                 log.warn("worker {index} did not stop; killing it", index=process.index)
                 self._signal(process, "KILL")
 
-        killer = self.reactor.callLater(STOP_SECONDS, kill_the_rest)
+        # Workers drain for up to server.shutdown_grace seconds before they stop.
+        killer = self.reactor.callLater(
+            STOP_SECONDS + self.config.server.shutdown_grace, kill_the_rest
+        )
         done = defer.DeferredList([process.ended for process in processes])
 
         def cleanup(_: object) -> None:
             if killer.active():
                 killer.cancel()
+            if self.metrics_port is not None:  # open while draining: /health said 503
+                self.metrics_port.stopListening()
+                self.metrics_port = None
+            if self.metrics_dir is not None:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
+                self.metrics_dir = None
             if self.limits is not None:
                 path = self.limits.path
                 self.limits.close()

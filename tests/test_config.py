@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import datetime
 import ipaddress
+import json
 import os
 import shutil
 import tempfile
@@ -592,7 +593,7 @@ class ValueTests(SynchronousTestCase):
         )
         self.assertProblem(
             {"class": [{"name": "a", "session_reuse": True}], "tls": valid_tls()},
-            'class[1].session_reuse: must be "required" or "off", got true',
+            'class[1].session_reuse: must be "required", "account" or "off", got true',
         )
 
     def test_class_addresses(self) -> None:
@@ -824,8 +825,13 @@ class WarningTests(SynchronousTestCase):
             {
                 "class": [
                     {"name": "staff", "groups": ["staff"], "ssl": "mandatory"},
-                    {"name": "same", "ssl": "mandatory", "login": ["password", "certificate"]},
-                    {"name": "clear", "ssl": "optional"},
+                    {
+                        "name": "same",
+                        "users": ["s-*"],
+                        "ssl": "mandatory",
+                        "login": ["password", "certificate"],
+                    },
+                    {"name": "clear", "addresses": ["10.0.0.0/8"], "ssl": "optional"},
                     {"name": "pw", "login": ["password"], "ssl": "optional"},
                 ]
             }
@@ -836,10 +842,157 @@ class WarningTests(SynchronousTestCase):
                 'warning: class[1].groups: "staff" is chosen by groups and precedes a class with '
                 'a different ssl or login: class[3] "clear" (ssl), class[4] "pw" (ssl and login); '
                 "so its replies to USER tell who is in those groups",
+            ),
+        )
+
+    def test_groups_before_a_class_that_catches_every_non_member_alike(self) -> None:
+        """Issue #9.10: classes after the first that surely matches every non-member (with
+        the same ssl, client_certificate and login) are never reached from the groups class,
+        however they differ."""
+        warnings = self.warnings_of(
+            {
+                "class": [
+                    {"name": "staff", "groups": ["staff"], "ssl": "mandatory"},
+                    {"name": "same", "ssl": "mandatory", "login": ["password", "certificate"]},
+                    {"name": "clear", "ssl": "optional"},
+                    {"name": "pw", "login": ["password"], "ssl": "optional"},
+                ]
+            }
+        )
+        self.assertEqual(
+            warnings,
+            (
                 'warning: class[3]: never matches: class[2] "same" has no criteria and matches '
                 "every login first",
                 'warning: class[4]: never matches: class[2] "same" has no criteria and matches '
                 "every login first",
+            ),
+        )
+
+    def test_issue_example_membership_does_not_show(self) -> None:
+        """partners (users g-*, groups) then also-mandatory (users g-*, same ssl and login):
+        every name partners matches also matches the next class alike; no warning."""
+        for after in ([], [{"name": "everyone", "ssl": "optional", "login": ["password"]}]):
+            warnings = self.warnings_of(
+                {
+                    "class": [
+                        {
+                            "name": "partners",
+                            "users": ["g-*"],
+                            "groups": ["partners"],
+                            "ssl": "mandatory",
+                        },
+                        {"name": "also-mandatory", "users": ["g-*"], "ssl": "mandatory"},
+                        *after,
+                    ]
+                }
+            )
+            self.assertEqual(warnings, (), after)
+
+    def test_groups_class_covered_by_wider_criteria(self) -> None:
+        """A later class without groups whose patterns and networks hold every name and
+        address of the groups class catches all non-members; "*" holds every name."""
+        for later in (
+            {"users": ["*"]},
+            {"users": ["h-*", "g-*"], "addresses": ["192.0.2.0/23"]},
+            {"addresses": ["192.0.2.0/24", "198.51.100.0/24"]},
+        ):
+            warnings = self.warnings_of(
+                {
+                    "class": [
+                        {
+                            "name": "partners",
+                            "users": ["g-*"],
+                            "groups": ["partners"],
+                            "addresses": ["192.0.2.0/25"],
+                        },
+                        {"name": "wide", **later},
+                        {"name": "everyone", "ssl": "optional"},
+                    ]
+                }
+            )
+            self.assertEqual(warnings, (), later)
+
+    def test_classes_that_cannot_match_the_same_names_are_passed_over(self) -> None:
+        """A class whose patterns share no name with the groups class (different literal
+        prefix or suffix), whose networks do not overlap its own, or that needs one of its
+        groups is never reached by its non-members."""
+        warnings = self.warnings_of(
+            {
+                "class": [
+                    {
+                        "name": "partners",
+                        "users": ["g-*.partner", "x?.partner"],
+                        "groups": ["partners"],
+                        "addresses": ["192.0.2.0/24"],
+                    },
+                    {"name": "others", "users": ["h-*", "*.staff"], "ssl": "optional"},
+                    {"name": "lan", "addresses": ["10.0.0.0/8"], "ssl": "optional"},
+                    {"name": "exact", "users": ["gh"], "ssl": "optional"},
+                    {"name": "members", "groups": ["partners"], "ssl": "optional"},
+                    {"name": "rest"},
+                ]
+            }
+        )
+        # "members" warns for itself (it precedes "rest", which differs), not for partners
+        self.assertEqual([w for w in warnings if w.startswith("warning: class[1].")], [])
+        self.assertEqual(len(warnings), 1, warnings)
+
+    def test_a_class_that_may_match_and_differs_warns(self) -> None:
+        """Overlapping criteria (a wider pattern not recognised as covering, other groups,
+        an overlapping network) may catch some non-members: a difference shows membership,
+        client_certificate included."""
+        cases = [
+            ({"name": "wider", "users": ["g*"], "ssl": "optional"}, "ssl"),
+            ({"name": "other-group", "groups": ["staff"], "login": ["password"]}, "login"),
+            ({"name": "near", "addresses": ["192.0.2.128/25"], "ssl": "optional"}, "ssl"),
+            (
+                {"name": "no-cert", "users": ["g-*"], "client_certificate": "off",
+                 "login": ["password"]},
+                "client_certificate and login",
+            ),
+        ]  # fmt: skip
+        for middle, what in cases:
+            warnings = self.warnings_of(
+                {
+                    "class": [
+                        {
+                            "name": "partners",
+                            "users": ["g-*"],
+                            "groups": ["partners"],
+                            "addresses": ["192.0.2.0/24"],
+                        },
+                        middle,
+                        {"name": "also", "users": ["g-*"]},
+                    ]
+                }
+            )
+            kinds = "ssl, client_certificate or login" if "client" in what else "ssl or login"
+            self.assertEqual(
+                tuple(w for w in warnings if w.startswith("warning: class[1].")),
+                (
+                    'warning: class[1].groups: "partners" is chosen by groups and precedes a '
+                    f"class with a different {kinds}: class[2] {json.dumps(middle['name'])} "
+                    f"({what}); so its replies to USER tell who is in those groups",
+                ),
+                middle,
+            )
+
+    def test_groups_with_criteria_and_nothing_that_covers_them(self) -> None:
+        warnings = self.warnings_of(
+            {
+                "class": [
+                    {"name": "partners", "users": ["g-*"], "groups": ["partners"]},
+                    {"name": "some", "users": ["g-a*"]},
+                ]
+            }
+        )
+        self.assertEqual(
+            warnings,
+            (
+                'warning: class[1].groups: "partners" is chosen by groups and no class after '
+                "it matches every name and address it does, so other names may match no class "
+                "(530); so its replies to USER tell who is in those groups",
             ),
         )
 

@@ -119,6 +119,55 @@ class LoginGuardDelayTests(SynchronousTestCase):
         self.assertEqual(guard.failure_delay("alice", 3), 3.0)
 
 
+class LoginGuardMemoryTests(SynchronousTestCase):
+    """Issue #9.4: the failure tables stay bounded under a spray of addresses and names."""
+
+    def test_entries_older_than_the_window_are_dropped(self) -> None:
+        guard = LoginGuard(max_failures=5, window=300)
+        for index in range(1000):
+            guard.record_failure(f"2001:db8:{index:x}::1", f"name-{index}", 0)
+        self.assertEqual((len(guard._failures), len(guard._name_failures)), (1000, 1000))
+        guard.record_failure("192.0.2.1", "alice", 300)
+        self.assertEqual((len(guard._failures), len(guard._name_failures)), (1, 1))
+        self.assertEqual(guard.failure_delay("name-999", 300), 1.0)
+        self.assertEqual(guard.failure_delay("alice", 300), 2.0)
+
+    def test_expired_bans_are_dropped(self) -> None:
+        guard = LoginGuard(max_failures=1, window=300)
+        for index in range(1000):
+            self.assertTrue(guard.record_failure(f"10.0.{index >> 8}.{index & 255}", "a", 0))
+        self.assertEqual(len(guard._banned_until), 1000)
+        self.assertFalse(guard.is_banned("192.0.2.1", 300))
+        self.assertEqual(len(guard._banned_until), 0)
+
+    def test_tables_are_capped_oldest_out_first(self) -> None:
+        guard = LoginGuard(max_failures=5, window=300, max_entries=100)
+        for index in range(1000):
+            guard.record_failure(f"2001:db8:{index:x}::1", f"name-{index}", index / 10)
+        self.assertEqual((len(guard._failures), len(guard._name_failures)), (100, 100))
+        self.assertEqual(guard.failure_delay("name-999", 100), 2.0)  # the newest are kept
+        self.assertEqual(guard.failure_delay("name-899", 100), 1.0)  # the oldest went first
+        banning = LoginGuard(max_failures=1, window=300, max_entries=100)
+        for index in range(1000):
+            address = f"10.0.{index >> 8}.{index & 255}"
+            self.assertTrue(banning.record_failure(address, "a", index / 10))
+        self.assertEqual(len(banning._banned_until), 100)
+        self.assertTrue(banning.is_banned("10.0.3.231", 100))  # the newest ban (999) holds
+
+    def test_names_are_kept_as_a_fixed_size_hash(self) -> None:
+        guard = LoginGuard(max_failures=5, window=300)
+        long_name = "x" * 4096
+        guard.record_failure("192.0.2.1", long_name, 0)
+        guard.record_failure("192.0.2.2", "\udcff-surrogate", 0)
+        self.assertEqual([len(key) for key in guard._name_failures], [16, 16])
+        self.assertTrue(all(isinstance(key, bytes) for key in guard._name_failures))
+        self.assertEqual(guard.failure_delay(long_name, 1), 2.0)
+        self.assertEqual(guard.failure_delay("x" * 4095, 1), 1.0)
+        other = LoginGuard(max_failures=5, window=300)
+        other.record_failure("192.0.2.1", long_name, 0)
+        self.assertNotEqual(set(other._name_failures), set(guard._name_failures))  # keyed
+
+
 class SessionCounterTests(SynchronousTestCase):
     def test_per_address_limit(self) -> None:
         counter = SessionCounter(max_sessions=10, max_per_address=2)
@@ -140,6 +189,25 @@ class SessionCounterTests(SynchronousTestCase):
         self.assertNotIn("192.0.2.4", counter.per_address)
         counter.close("192.0.2.2")
         self.assertTrue(counter.try_open("192.0.2.4"))
+
+    def test_ipv6_counted_per_64(self) -> None:
+        """Issue #9.8: one /64 cannot take every slot by rotating its addresses."""
+        counter = SessionCounter(max_sessions=10, max_per_address=2)
+        self.assertTrue(counter.try_open("2001:db8::1"))
+        self.assertTrue(counter.try_open("2001:db8::ffff:2"))
+        self.assertFalse(counter.try_open("2001:db8::3"))
+        self.assertFalse(counter.try_open("2001:db8:0:0:ffff:ffff:ffff:ffff"))
+        self.assertTrue(counter.try_open("2001:db8:0:1::1"))
+        self.assertTrue(counter.try_open("::ffff:192.0.2.1"))
+        self.assertEqual(
+            counter.per_address, {"2001:db8::/64": 2, "2001:db8:0:1::/64": 1, "192.0.2.1": 1}
+        )
+        counter.close("2001:db8::1")
+        self.assertTrue(counter.try_open("2001:db8::4"))
+        self.assertFalse(counter.try_open("2001:db8::5"))
+        counter.close("192.0.2.1")
+        self.assertEqual(counter.total, 3)
+        self.assertEqual(counter.per_address, {"2001:db8::/64": 2, "2001:db8:0:1::/64": 1})
 
     def test_close_forgets_an_address_at_zero(self) -> None:
         counter = SessionCounter(max_sessions=3, max_per_address=3)

@@ -38,7 +38,13 @@ from securetransport.policy import (
     match_class,
     names_account,
 )
-from securetransport.tls.verify import CertificateVerdict, LoadedCRL, TrustStore
+from securetransport.tls.verify import (
+    CertificateVerdict,
+    LoadedCRL,
+    TrustStore,
+    verify_certificate,
+    with_pins,
+)
 from securetransport.userstore import Account, certificate_fingerprint
 
 UTC = datetime.UTC
@@ -64,7 +70,7 @@ def der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.DER)
 
 
-def self_signed(cn: str) -> x509.Certificate:
+def self_signed(cn: str, not_after: datetime.datetime | None = None) -> x509.Certificate:
     key = new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     return (
@@ -73,8 +79,8 @@ def self_signed(cn: str) -> x509.Certificate:
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - DAY)
-        .not_valid_after(NOW + 30 * DAY)
+        .not_valid_before(NOW - 9 * DAY)
+        .not_valid_after(not_after or NOW + 30 * DAY)
         .sign(key, hashes.SHA256())
     )
 
@@ -136,9 +142,10 @@ def table_certificate(kind: str, state: str, check: str) -> str:
     """How SPEC section 4 sees the certificate: none / names / other / failed.
 
     The login is carol for "names-by-pin" (her own pinned certificate) and alice
-    otherwise; carol's certificate is pinned on an enabled carol for "pinned-other".
-    Unknown and disabled names are judged like an account with no pins, so carol's
-    self-signed certificate is then simply untrusted.
+    otherwise; carol's certificate is pinned on carol for "pinned-other". "Good" is per
+    account: it chains to the CA or is pinned on *this* account, so carol's self-signed
+    certificate has failed (untrusted) for alice. Unknown and disabled names are judged
+    like an account with no pins, so it is untrusted for them too.
     """
     if kind == "none" or check == "off":
         return "none"
@@ -148,7 +155,9 @@ def table_certificate(kind: str, state: str, check: str) -> str:
         return "names" if state == "known" else "failed"
     if kind == "names-by-cn":
         return "names" if state == "known" else "other"
-    return "other"  # names-other, pinned-other: good, naming someone else
+    if kind == "pinned-other":
+        return "failed"  # pinned on carol only: not good for alice
+    return "other"  # names-other: good, naming someone else
 
 
 def expected_reply(
@@ -202,11 +211,12 @@ def account_for(name: str, state: str, carol_pin: str) -> Account | None:
 
 
 def pinned_elsewhere(kind: str, state: str) -> bool:
-    """What the user store would answer: is the leaf pinned on an enabled account?"""
+    """What the user store would answer: is the leaf pinned on any account, enabled or
+    not?"""
     if kind == "pinned-other":
-        return True  # pinned on carol, who exists and is enabled
+        return True  # pinned on carol, who exists
     if kind == "names-by-pin":
-        return state == "known"  # pinned on carol only
+        return state != "unknown"  # pinned on carol only, enabled or disabled
     return False
 
 
@@ -428,17 +438,65 @@ class DecideUserTests(SynchronousTestCase):
         long = self.decide("a" * 500, None, [ClassConfig(name="c")])
         self.assertLess(len(long.text), 100)
 
-    def test_certificate_pinned_on_another_account_is_not_untrusted(self) -> None:
+    def test_good_is_per_account(self) -> None:
+        """A self-signed certificate pinned on carol is untrusted for alice (SPEC 4: good
+        when it chains to the CA or is pinned on *this* account), pinned elsewhere or not."""
         w = world()
         chain = w.chains["pinned-other"]
         classes = [ClassConfig(name="c", login=("certificate", "password"))]
         facts = ClientFacts("127.0.0.1", protected=True, peer_chain=chain)
         args = dict(facts=facts, classes=classes, trust=w.trust,
                     certificate_user="common-name", now=NOW)  # fmt: skip
-        other = decide_user(name="alice", account=ACCOUNTS["alice"], pinned_elsewhere=True, **args)  # type: ignore[arg-type]
-        self.assertEqual((other.reply, other.certificate, other.row), (331, "other", "tls-other"))
-        lone = decide_user(name="alice", account=ACCOUNTS["alice"], pinned_elsewhere=False, **args)  # type: ignore[arg-type]
-        self.assertEqual((lone.reply, lone.text), (530, "client certificate rejected: untrusted"))
+        for pinned in (True, False):
+            alice = ACCOUNTS["alice"]
+            got = decide_user(name="alice", account=alice, pinned_elsewhere=pinned, **args)  # type: ignore[arg-type]
+            self.assertEqual(
+                (got.reply, got.text, got.certificate, got.row),
+                (530, "client certificate rejected: untrusted", "failed", "tls-failed"),
+            )
+        carol = replace(ACCOUNTS["carol"], certificates=(w.carol_pin,))
+        got = decide_user(name="carol", account=carol, pinned_elsewhere=True, **args)  # type: ignore[arg-type]
+        self.assertEqual((got.reply, got.certificate), (232, "names"))
+
+
+class VerifiedOnceTests(SynchronousTestCase):
+    """The chain is verified once after the handshake; USER applies the account's pins."""
+
+    def test_with_pins_agrees_with_a_full_verification(self) -> None:
+        w = world()
+        expired_self = self_signed("expired-self", not_after=NOW - DAY)
+        chains = dict(w.chains, **{"expired-pinned": (der(expired_self),)})
+        pin_sets = [(), (w.carol_pin,), (certificate_fingerprint(expired_self),), ("0" * 64,)]
+        checked = 0
+        for kind, chain in chains.items():
+            once = verify_certificate(chain, w.trust, now=NOW)
+            for pins in pin_sets:
+                full = verify_certificate(chain, w.trust, pins=pins, now=NOW)
+                self.assertEqual(with_pins(once, pins), full, (kind, pins))
+                self.assertEqual(with_pins(full, ()), once, (kind, pins))
+                checked += 1
+        self.assertEqual(checked, len(chains) * len(pin_sets))
+        # The cases that matter: pinned self-signed good, unpinned untrusted, dates count.
+        self.assertTrue(with_pins(verify_certificate(chains["names-by-pin"], w.trust, now=NOW),
+                                  (w.carol_pin,)).good)  # fmt: skip
+        expired = with_pins(
+            verify_certificate(chains["expired-pinned"], w.trust, now=NOW),
+            (certificate_fingerprint(expired_self),),
+        )
+        self.assertEqual(expired.reason, "expired")
+
+    def test_decide_user_does_not_verify_again(self) -> None:
+        w = world()
+        chain = w.chains["names-by-cn"]
+        verdict = verify_certificate(chain, w.trust, now=NOW)
+        facts = ClientFacts("127.0.0.1", protected=True, peer_chain=chain, certificate=verdict)
+        # An empty trust store would make a second verification say "untrusted".
+        got = decide_user(
+            name="alice", account=ACCOUNTS["alice"], facts=facts,
+            classes=[ClassConfig(name="c")], trust=TrustStore(), certificate_user="common-name",
+            now=NOW,
+        )  # fmt: skip
+        self.assertEqual((got.reply, got.certificate), (232, "names"))
 
 
 def net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

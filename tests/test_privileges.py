@@ -11,18 +11,17 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from hardening.unprivileged import readable_folder, runtime
 from securetransport.passwords import hash_password
 from securetransport.pki import init_pki
-from securetransport.userstore import Account, open_user_store
+from securetransport.stores import open_user_store
+from securetransport.userstore import Account
 
-REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "drop-privileges-1"
 
 
@@ -44,9 +43,9 @@ class PrivilegeDropTests(SynchronousTestCase):
         if os.geteuid() != 0:
             raise SkipTest("binding ports 21 and 990 needs root (CI runs as root)")
         nobody = pwd.getpwnam("nobody")
-        folder = Path(tempfile.mkdtemp(prefix="st-priv-"))
+        # Outside the checkout, which may lie where "nobody" cannot go (issue #9.12).
+        folder = readable_folder("st-priv-")
         self.addCleanup(shutil.rmtree, folder, True)
-        folder.chmod(0o755)
         init_pki(folder / "pki", [])  # keys 0600, owned by root: read before the drop
         data = folder / "data"
         (data / "home" / "alice").mkdir(parents=True)
@@ -66,12 +65,13 @@ class PrivilegeDropTests(SynchronousTestCase):
             '[[class]]\nname = "all"\nssl = "mandatory"\nlogin = ["password"]\n'
             'client_certificate = "off"\nsession_reuse = "off"\n'
         )
+        python = runtime()  # the interpreter and packages, where "nobody" can read them
         server = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+            [*python.twistd_command(), "-n",
              "--pidfile=", f"--uid={nobody.pw_uid}", f"--gid={nobody.pw_gid}",
              "securetransport", "--config", str(config)],
             cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env=python.env(),
         )  # fmt: skip
         try:
             greeting = wait_for_greeting(21, server)
@@ -102,3 +102,33 @@ class PrivilegeDropTests(SynchronousTestCase):
                 server.kill()
                 output, _ = server.communicate()
         self.assertNotIn("Traceback", output)
+
+
+class UnprivilegedRuntimeTests(SynchronousTestCase):
+    """Issue #9.12: what the server run as "nobody" needs lies where "nobody" can read it,
+    wherever the checkout (and its .venv) lies."""
+
+    def test_nobody_imports_the_server_from_the_runtime(self) -> None:
+        if os.geteuid() != 0:
+            raise SkipTest("running a process as nobody needs root (CI runs as root)")
+        nobody = pwd.getpwnam("nobody")
+        python = runtime()
+        code = (
+            "import securetransport, securetransport.service, securetransport.worker, "
+            "twisted.plugins.securetransport_plugin as plugin; "
+            "print(securetransport.__file__); print(plugin.__file__)"
+        )
+        result = subprocess.run(
+            [python.python, "-c", code],
+            user=nobody.pw_uid, group=nobody.pw_gid, cwd="/", env=python.env(),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for line in result.stdout.splitlines():
+            self.assertTrue(Path(line).is_relative_to(python.folder), line)
+
+    def test_readable_folder(self) -> None:
+        folder = readable_folder("st-readable-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        for path in (folder, *folder.parents):
+            self.assertTrue(path.stat().st_mode & 0o001, path)

@@ -164,7 +164,7 @@ class SharedSessionTests(SynchronousTestCase):
         self.assertTrue(counter.try_open("192.0.2.1"))
         self.assertFalse(counter.try_open("::ffff:192.0.2.1"))
         self.assertTrue(counter.try_open("2001:db8::1"))
-        self.assertEqual(counter.per_address, {"192.0.2.1": 1, "2001:db8::1": 1})
+        self.assertEqual(counter.per_address, {"192.0.2.1": 1, "2001:db8::/64": 1})
 
     def test_settings_the_file_was_not_made_for(self) -> None:
         limits = new_limits(self, workers=2, max_sessions=10, max_login_failures=3)

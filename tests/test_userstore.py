@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from securetransport.pki import issue_certificate, make_ca
+from securetransport.stores import open_user_store
 from securetransport.userstore import (
     Account,
     AsyncUserStore,
@@ -27,7 +28,6 @@ from securetransport.userstore import (
     certificate_fingerprint,
     normalize_fingerprint,
     normalize_home,
-    open_user_store,
 )
 
 FP = "ab" * 32

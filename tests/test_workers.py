@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from securetransport.config import load_config
 from securetransport.pki import init_pki
-from securetransport.service import load_tls
+from securetransport.tls.material import load_tls, tls_material, tls_runtime
 from securetransport.workers import (
     RESTART_DELAY,
     RESTARTS_PER_MINUTE,
@@ -22,8 +22,6 @@ from securetransport.workers import (
     accept_now,
     passive_slice,
     restart_delay,
-    tls_material,
-    tls_runtime,
 )
 
 

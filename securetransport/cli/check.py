@@ -20,11 +20,12 @@ from cryptography.hazmat.primitives import serialization
 
 from securetransport.cli import add_config_option, config_path
 from securetransport.config import Config, ConfigError, TLSConfig, load_config
+from securetransport.sftp.server import HostKeyError, load_host_keys
 
 MAX_PEM_BYTES = 1 << 20
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "check",
         help="validate the configuration",
@@ -60,8 +61,6 @@ def check(path: Path, now: datetime.datetime | None = None) -> tuple[list[str], 
 
 def check_host_keys(config: Config) -> list[str]:
     """`ssh.host_keys[i]: ...` for each SSH host key file the server could not load."""
-    from securetransport.sftp.server import HostKeyError, load_host_keys
-
     problems = []
     for index, path in enumerate(config.ssh.host_keys, 1):
         try:

@@ -29,7 +29,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "pki", help="make a private CA and certificates", description=__doc__
     )

@@ -19,23 +19,30 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from securetransport.cli import CommandError, add_config_option, config_path
+from securetransport.cli import (
+    CommandError,
+    add_config_option,
+    config_path,
+    load_config_or_fail,
+)
+from securetransport.cli.users import read_ssh_key
 from securetransport.client import ClientFacts, normalize_address
-from securetransport.config import Config, ConfigError, load_config
-from securetransport.policy import UserDecision, decide_user
+from securetransport.config import Config
+from securetransport.policy import UserDecision, decide_ssh, decide_user, judge_publickey
+from securetransport.stores import open_user_store
 from securetransport.tls.verify import TrustStore, TrustStoreError, load_trust_store
 from securetransport.userstore import (
     Account,
     UserStoreError,
-    open_user_store,
-    pinned_by_enabled_account,
+    pinned_by_any_account,
+    ssh_key_fingerprint,
     valid_account_name,
 )
 
 MAX_PEM_BYTES = 1 << 20
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "policy", help="explain the SSL access policy", description=__doc__.splitlines()[0]
     )
@@ -80,19 +87,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     explain.set_defaults(func=cmd_explain)
 
 
-def _config(path: Path) -> Config:
-    try:
-        return load_config(path)
-    except ConfigError as error:
-        first = error.problems[0] if error.problems else "invalid"
-        more = len(error.problems) - 1
-        extra = f" (and {more} more; see securetransport check)" if more > 0 else ""
-        prefix = "" if first.startswith(str(path)) else f"{path}: "
-        raise CommandError(f"{prefix}{first}{extra}") from None
-    except OSError as error:
-        raise CommandError(f"{path}: cannot read: {error.strerror or error}") from None
-
-
 def _chain(path: Path) -> tuple[bytes, ...]:
     """The DER certificates of a PEM file, leaf first."""
     try:
@@ -110,7 +104,7 @@ def _chain(path: Path) -> tuple[bytes, ...]:
 
 
 def _account(config: Config, name: str, fingerprint: str | None) -> tuple[Account | None, bool]:
-    """The enabled account called `name` (or None), and whether an enabled account pins
+    """The enabled account called `name` (or None), and whether any account pins
     `fingerprint` (what the server passes as `pinned_elsewhere`)."""
     try:
         store: Any = open_user_store(config.server.users)
@@ -118,7 +112,7 @@ def _account(config: Config, name: str, fingerprint: str | None) -> tuple[Accoun
         raise CommandError(str(error)) from None
     try:
         account = store.get(name)
-        pinned = pinned_by_enabled_account(store, fingerprint)
+        pinned = pinned_by_any_account(store, fingerprint)
     except UserStoreError as error:
         raise CommandError(str(error)) from None
     finally:
@@ -171,7 +165,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.key is not None:
         raise CommandError("--key: only with --protocol sftp")
     chain = _chain(args.certificate) if args.certificate is not None else None
-    config = _config(config_path(args))
+    config = load_config_or_fail(config_path(args))
     try:
         trust = load_trust_store(config.tls.client_ca, config.tls.crl)
     except TrustStoreError as error:
@@ -195,6 +189,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 {
                     "class": without.klass.name if without.klass else None,
                     "matched": without.matched,
+                    "session_reuse": without.klass.session_reuse if without.klass else None,
                     "certificate": (
                         {"reply": with_certificate.reply, "text": with_certificate.text}
                         if with_certificate is not None
@@ -209,6 +204,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print("class: none")
     else:
         print(f"class: {without.klass.name} (matched: {without.matched})")
+        print(f"session_reuse: {without.klass.session_reuse}")
     if with_certificate is None:
         print("certificate: none given")
     else:
@@ -220,14 +216,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def explain_sftp(args: argparse.Namespace, address: str) -> int:
     """`policy explain --protocol sftp`: the class, the methods offered and the key's fate,
     from the functions the server uses (`decide_ssh`, `judge_publickey`)."""
-    from securetransport.cli.users import read_ssh_key
-    from securetransport.policy import decide_ssh, judge_publickey
-    from securetransport.userstore import ssh_key_fingerprint
-
     if args.certificate is not None:
         raise CommandError("--certificate: does not apply to --protocol sftp")
     key = read_ssh_key(args.key) if args.key is not None else None
-    config = _config(config_path(args))
+    config = load_config_or_fail(config_path(args))
     account, _ = _account(config, args.name, None)
     decision = decide_ssh(name=args.name, account=account, address=address, classes=config.classes)
     verdict: tuple[bool, str | None] | None = None

@@ -17,10 +17,16 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from securetransport.cli import CommandError, add_config_option, config_path
-from securetransport.config import Config, ConfigError, load_config
+from securetransport.cli import (
+    CommandError,
+    add_config_option,
+    config_path,
+    load_config_or_fail,
+)
+from securetransport.config import Config
 from securetransport.passwords import hash_password
 from securetransport.pki import PKIError, load_certificate
+from securetransport.stores import open_user_store
 from securetransport.userstore import (
     Account,
     UserStoreError,
@@ -28,7 +34,6 @@ from securetransport.userstore import (
     normalize_fingerprint,
     normalize_ssh_fingerprint,
     normalize_ssh_key,
-    open_user_store,
     ssh_key_fingerprint,
     valid_account_name,
 )
@@ -197,14 +202,8 @@ def read_certificate(path: Path) -> str:
 
 
 def load(args: argparse.Namespace) -> Config:
-    """The configuration, or its problems on stderr and CommandError."""
-    path = config_path(args)
-    try:
-        return load_config(path)
-    except ConfigError as error:
-        for problem in error.problems:
-            print(problem, file=sys.stderr)
-        raise CommandError(f"{path}: configuration has problems") from None
+    """The configuration, or CommandError with one line per problem."""
+    return load_config_or_fail(config_path(args))
 
 
 @contextmanager
@@ -386,7 +385,7 @@ def cmd_key_remove(args: argparse.Namespace, store: Any, config: Config) -> int:
 
 
 def _subcommand(
-    subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+    subparsers: argparse._SubParsersAction,
     name: str,
     help_text: str,
     handler: Handler,
@@ -403,7 +402,7 @@ def _subcommand(
     return parser
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "users", help="manage accounts", description="Manage accounts in the user store."
     )

@@ -170,8 +170,14 @@ class DataConnection(Protocol):
         assert self.tls is not None
         transport: Any = self.transport
         self.tls_connection = transport.getHandle()
-        if self.gate is not None and self.direction != "send":
-            self.gate.hold()  # what follows are session tickets: see TicketGate
+        if (
+            self.gate is not None
+            and self.direction != "send"
+            and self.tls_connection.get_protocol_version_name() == "TLSv1.3"
+        ):
+            # What follows are session tickets (see TicketGate). In TLS 1.2 what is still
+            # unsent here is the server's last handshake flight: holding it would hang.
+            self.gate.hold()
         problem = self.tls.check(self.tls_connection)
         if problem is not None:
             self._fail(DataError(Reply.DATA_TLS_FAILED, problem))

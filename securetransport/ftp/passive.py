@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.error import CannotListenError
@@ -21,14 +22,28 @@ class PassivePortProvider:
     hard to guess; a busy port (another session, another process) is skipped.
     """
 
-    def __init__(self, reactor: Any, first: int, last: int, attempts: int = 64) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        first: int,
+        last: int,
+        attempts: int = 64,
+        wrap: Callable[[Factory], Factory] | None = None,
+    ) -> None:
+        """`wrap`: applied to each listener's factory (the `[proxy]` header reader)."""
         self.reactor = reactor
+        self.wrap = wrap
+        self.closed = False  # draining (SIGTERM): no new passive listener
         self.first = first
         self.last = last
         self.attempts = attempts
         self._random = random.SystemRandom()
 
     def listen(self, factory: Factory, interface: str) -> IListeningPort:
+        if self.closed:
+            raise NoPassivePort("the server is shutting down")
+        if self.wrap is not None:
+            factory = self.wrap(factory)
         size = self.last - self.first + 1
         start = self._random.randrange(size)
         step = 1

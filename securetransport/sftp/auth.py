@@ -38,6 +38,8 @@ from zope.interface import implementer
 from securetransport.config import ClassConfig
 from securetransport.passwords import PoolFull, VerificationPool
 from securetransport.policy import SSHDecision, decide_ssh
+from securetransport.runtime import IServedSession
+from securetransport.sftp.subsystem import SFTPSessionChannel
 from securetransport.userstore import (
     Account,
     AsyncUserStore,
@@ -60,20 +62,28 @@ USER_SIGNATURE_ALGORITHMS: Final[tuple[bytes, ...]] = (
 )
 
 
+@implementer(IServedSession)
 @dataclass(eq=False)
 class SSHSessionInfo:
-    """One SSH connection as logins and the audit see it (the realm's mind)."""
+    """One SSH connection as the service, logins and the audit see it (the realm's mind)."""
 
     address: str
     session_id: str
     username: str | None = None
     avatar: Any = None
     method: str | None = None
-    klass: str | None = None
+    klass: ClassConfig | None = None
+    protocol: str = "sftp"
+    subsystems: set[Any] = field(default_factory=set)  # its SFTPServerProtocol instances
     partial: bytes | None = None  # the user whose key was a partial success (two factors)
     attempts: int = 0  # failed authentication attempts
     last_request: tuple[bytes | None, bytes | None] = (None, None)  # (user, service)
     transport: Any = field(default=None, repr=False)
+
+    @property
+    def transfer(self) -> Any:
+        """Something (not None) while a file handle is open: draining waits for it."""
+        return next((p for p in self.subsystems if p.openFiles), None)
 
     def shutdown(self) -> None:
         """The server is stopping: disconnect."""
@@ -192,8 +202,6 @@ class SFTPAvatar(ConchUser):
 
     def __init__(self, account: Account, filesystem: Any, session: SSHSessionInfo | None) -> None:
         super().__init__()
-        from securetransport.sftp.subsystem import SFTPSessionChannel
-
         self.account = account
         self.filesystem = filesystem
         self.session = session
@@ -468,7 +476,7 @@ class SFTPUserAuthServer(userauth.SSHUserAuthServer):
         session.username = avatar.account.name
         session.avatar = avatar
         session.method = method
-        session.klass = decision.klass.name if decision and decision.klass else None
+        session.klass = decision.klass if decision else None
         super()._cbFinishedAuth((interface, avatar, logout))
         transport_.login_succeeded()
         runtime.audit.event(
@@ -478,5 +486,5 @@ class SFTPUserAuthServer(userauth.SSHUserAuthServer):
             method=method,
             result="success",
             protocol="sftp",
-            **{"class": session.klass},
+            **{"class": session.klass.name if session.klass else None},
         )

@@ -802,6 +802,9 @@ class SFTPSessionChannel(SSHChannel):
             return 0
         self.sftp = SFTPServerProtocol(self.avatar, credit=self.credit)
         self.sftp.makeConnection(_ChannelTransport(self))  # type: ignore[arg-type]
+        session = getattr(self.avatar, "session", None)
+        if session is not None:
+            session.subsystems.add(self.sftp)
         return 1
 
     def requestReceived(self, requestType: bytes, data: bytes) -> int:  # noqa: N802, N803
@@ -831,4 +834,7 @@ class SFTPSessionChannel(SSHChannel):
     def closed(self) -> None:
         sftp, self.sftp = self.sftp, None
         if sftp is not None:
+            session = getattr(self.avatar, "session", None)
+            if session is not None:
+                session.subsystems.discard(sftp)
             sftp.connectionLost(None)

@@ -46,7 +46,13 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
 from securetransport.config import TLSConfig
-from securetransport.tls.reuse import keep_session_on_free, session_key_digest, session_reused
+from securetransport.tls.facts import HandshakeInfo
+from securetransport.tls.reuse import (
+    keep_session_on_free,
+    session_key_digest,
+    session_reused,
+    session_ticket,
+)
 
 ServerKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -88,20 +94,6 @@ class ServerCredentials:
     min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
     ciphers: str = DEFAULT_CIPHERS
     warnings: tuple[str, ...] = ()  # `warning: KEY: ...` lines for the caller to log
-
-
-@dataclass(frozen=True)
-class HandshakeInfo:
-    """What one finished server-side handshake saw."""
-
-    tls_version: str  # "TLSv1.2", "TLSv1.3"
-    cipher: str | None
-    resumed: bool  # an abbreviated handshake (SSL_session_reused)
-    resumed_from_control: bool  # resumed a session of this Context's control connection
-    peer_chain: tuple[bytes, ...] = ()  # DER, leaf first, as presented, no duplicates
-    verify_errors: tuple[tuple[int, int], ...] = ()  # (depth, X509_V_ERR_*) during the handshake
-    group: str | None = None  # key exchange group, e.g. "x25519"
-    master_key: bytes | None = field(default=None, repr=False)  # TLS 1.2 only
 
 
 # ------------------------------------------------------------------------ loading files
@@ -477,6 +469,34 @@ def _handshake_in_memory(client: SSL.Connection, server: SSL.Connection) -> bool
         if finished == 2:
             return True
     return False
+
+
+def ticket_key_name(context: SSL.Context) -> bytes:
+    """The name of the key `context` encrypts session tickets with (b"" if it issues none).
+
+    OpenSSL starts every ticket with this 16-byte name and gives no API to read it, so
+    one TLS 1.3 handshake in memory asks `context` for a ticket (1 to 3 ms). That
+    Connection is never a control connection: call this only after the first one.
+    """
+    client_context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    client_context.set_min_proto_version(SSL.TLS1_3_VERSION)
+    client = SSL.Connection(client_context)
+    client.set_connect_state()
+    server = SSL.Connection(context)
+    server.set_accept_state()
+    try:
+        if not _handshake_in_memory(client, server):
+            return b""
+        for _ in range(2):  # TLS 1.3 tickets follow the handshake
+            with contextlib.suppress(SSL.WantReadError):
+                client.bio_write(server.bio_read(65536))
+            with contextlib.suppress(SSL.WantReadError):
+                client.recv(1)
+    except SSL.Error:
+        return b""
+    session = client.get_session()
+    ticket = session_ticket(session) if session is not None else b""
+    return ticket[:16] if len(ticket) > 16 else b""
 
 
 def _self_test(factory: SessionContextFactory) -> None:

@@ -2,8 +2,8 @@
 
 The private pyOpenSSL bindings needed here (`SSL_session_reused`: pyopenssl#1276 is not
 merged; the length of a session's master key; the shutdown flags of a Connection being
-freed) are called in this module only. `check_data_session` is the pure decision behind
-the `522` reply.
+freed; the DER form of a session, for its ID and its ticket) are called in this module
+only. `check_data_session` is the pure decision behind the `522` reply.
 """
 
 from __future__ import annotations
@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import weakref
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
-if TYPE_CHECKING:
-    from securetransport.tls.context import HandshakeInfo
+from securetransport.tls.facts import HandshakeInfo
 
 NOT_RESUMED: Final = (
     "TLS session of data connection not resumed from the control connection: "
@@ -27,6 +26,17 @@ NOT_RESUMED: Final = (
 )
 OTHER_SESSION: Final = (
     "TLS session of data connection not resumed from this control connection's session"
+)
+OFFERED_OTHER: Final = (
+    "TLS session of data connection not resumed from the control connection: the client "
+    "offered a TLS session of another of its connections (one session cache shared by "
+    "several connections, as rclone does): use one connection "
+    "(rclone: --ftp-concurrency 1 --transfers 1 --checkers 1) "
+    'or ask for a class with session_reuse = "account"'
+)
+NOT_FROM_ACCOUNT: Final = (
+    "TLS session of data connection not resumed from a control connection of this "
+    "account and address"
 )
 
 
@@ -65,6 +75,64 @@ def keep_session_on_free(conn: SSL.Connection) -> None:
 
 def _mark_shutdown_sent(ssl: object) -> None:
     _lib.SSL_set_shutdown(ssl, _lib.SSL_get_shutdown(ssl) | _lib.SSL_SENT_SHUTDOWN)
+
+
+def server_session_id(conn: SSL.Connection) -> bytes:
+    """The ID of the server-side session of `conn` (b"" when it has none)."""
+    session = _lib.SSL_get_session(conn._ssl)
+    if session == _ffi.NULL:
+        return b""
+    ids = _session_fields(_session_der(session)).get(0x04, [])
+    return ids[1] if len(ids) > 1 else b""
+
+
+def session_ticket(session: SSL.Session) -> bytes:
+    """The ticket a client holds in `session` (b"" when it has none)."""
+    tickets = _session_fields(_session_der(session._session)).get(0xAA, [])
+    inner = _der_items(tickets[0]) if tickets else []
+    return inner[0][1] if inner and inner[0][0] == 0x04 else b""
+
+
+def _session_der(session: object) -> bytes:
+    length = _lib.i2d_SSL_SESSION(session, _ffi.NULL)
+    if length <= 0:
+        return b""
+    buffer = _ffi.new("unsigned char[]", length)
+    cursor = _ffi.new("unsigned char **", buffer)
+    written = _lib.i2d_SSL_SESSION(session, cursor)
+    return bytes(_ffi.buffer(buffer, max(written, 0)))
+
+
+def _der_items(data: bytes) -> list[tuple[int, bytes]]:
+    """The (tag, value) items of DER `data`, in order; stops at the first malformed one."""
+    items: list[tuple[int, bytes]] = []
+    index = 0
+    while index + 2 <= len(data) and len(items) < 64:
+        tag, length = data[index], data[index + 1]
+        index += 2
+        if length & 0x80:
+            size = length & 0x7F
+            if size == 0 or size > 4 or index + size > len(data):
+                break
+            length = int.from_bytes(data[index : index + size], "big")
+            index += size
+        if index + length > len(data):
+            break
+        items.append((tag, data[index : index + length]))
+        index += length
+    return items
+
+
+def _session_fields(der: bytes) -> dict[int, list[bytes]]:
+    """The fields of an ASN.1 SSL_SESSION by tag (several OCTET STRINGs share tag 0x04:
+    the cipher, the session ID, the master key, in that order)."""
+    outer = _der_items(der)
+    if not outer or outer[0][0] != 0x30:
+        return {}
+    fields: dict[int, list[bytes]] = {}
+    for tag, value in _der_items(outer[0][1]):
+        fields.setdefault(tag, []).append(value)
+    return fields
 
 
 def master_key_matches(control: SSL.Connection, data: SSL.Connection) -> bool | None:

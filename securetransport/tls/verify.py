@@ -31,9 +31,12 @@ from __future__ import annotations
 import datetime
 import hashlib
 import re
+import threading
 import unicodedata
+import weakref
+from collections import OrderedDict
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, Literal
 
@@ -58,7 +61,8 @@ Reason = Literal[
 ]
 
 # X509_V_FLAG_NO_CHECK_TIME (OpenSSL >= 1.1.0): pyOpenSSL does not name it. Dates are
-# checked here, so path building must not stop at the first date error.
+# checked here, so path building must not stop at the first date error, and the stores
+# can be reused at any time (X509Store.set_time cannot be changed once set).
 _NO_CHECK_TIME: Final = 0x200000
 
 _REVOKED: Final = 23  # X509_V_ERR_CERT_REVOKED
@@ -104,6 +108,9 @@ class CertificateVerdict:
     `subject` is an RFC 4514 string with control characters escaped (safe for logs);
     `common_name` is the raw CN value (None when the subject holds none or several).
     `fingerprint` is the SHA-256 of the leaf as presented, 64 lowercase hex digits.
+    `if_pinned` is what `reason` would be on an account that pins the leaf (it differs
+    only for a chain that does not reach `tls.client_ca`): `with_pins` uses it to judge
+    the chain for an account without verifying it again.
     """
 
     presented: bool
@@ -111,6 +118,7 @@ class CertificateVerdict:
     chains_to_ca: bool = False
     pinned: bool = False
     reason: Reason | None = None
+    if_pinned: Reason | None = None
     fingerprint: str | None = None
     subject: str | None = None
     common_name: str | None = None
@@ -118,6 +126,8 @@ class CertificateVerdict:
 
 
 NOT_PRESENTED: Final = CertificateVerdict(presented=False)
+# Failures that no pin changes.
+_STRUCTURAL: Final[frozenset[str]] = frozenset({"unparseable", "chain too long"})
 
 
 # --- loading --------------------------------------------------------------------------
@@ -308,25 +318,90 @@ def _parse_leaf(der: bytes) -> _Leaf:
     return _Leaf(cert, subject, common_name, emails, eku)
 
 
-def _store(trust: TrustStore, now: datetime.datetime, flags: int, crls: bool) -> crypto.X509Store:
+def _new_store(
+    cas: Sequence[x509.Certificate], crls: Sequence[x509.CertificateRevocationList], flags: int
+) -> crypto.X509Store:
+    """An OpenSSL store that never looks at the clock: dates are judged here, at `now`."""
     store = crypto.X509Store()
-    for ca in trust.cas:
+    for ca in cas:
         store.add_cert(crypto.X509.from_cryptography(ca))
-    if crls:
-        for item in trust.crls:
-            store.add_crl(item.crl)
-    store.set_flags(flags | crypto.X509StoreFlags.PARTIAL_CHAIN)
-    store.set_time(now.replace(tzinfo=None))  # pyOpenSSL reads the fields as UTC
+    for crl in crls:
+        store.add_crl(crl)
+    store.set_flags(flags | crypto.X509StoreFlags.PARTIAL_CHAIN | _NO_CHECK_TIME)
     return store
 
 
+@dataclass
+class _Revocation:
+    """The store with the CRLs valid at some second (`valid`: indexes into
+    `TrustStore.crls`), and the answers it gave, by presented chain (see `_revocation`)."""
+
+    valid: tuple[int, ...]
+    store: crypto.X509Store
+    answers: OrderedDict[bytes, Reason | None] = field(default_factory=OrderedDict)
+
+
+@dataclass
+class _Stores:
+    """The OpenSSL stores of one TrustStore, built once (see `_stores`); `revocation` is
+    replaced when the set of CRLs valid at `now` changes."""
+
+    anchors: crypto.X509Store
+    windows: tuple[tuple[datetime.datetime, datetime.datetime | None], ...]
+    revocation: _Revocation | None = None
+
+
+# A parsed 5 MB CRL takes hundreds of milliseconds to load into a store, and OpenSSL
+# still spends milliseconds on it at each check: keep the stores as long as their
+# TrustStore lives (a reload makes a new one), and the answers for the chains last seen.
+_STORES: weakref.WeakKeyDictionary[TrustStore, _Stores] = weakref.WeakKeyDictionary()
+_STORES_LOCK = threading.Lock()
+REVOCATION_ANSWERS: Final = 1024
+"""Revocation answers kept per trust set (the chains last checked)."""
+
+
+def _stores(trust: TrustStore) -> _Stores:
+    with _STORES_LOCK:
+        stores = _STORES.get(trust)
+        if stores is None:
+            windows = tuple((c.crl.last_update_utc, c.crl.next_update_utc) for c in trust.crls)
+            stores = _Stores(_new_store(trust.cas, (), 0), windows)
+            _STORES[trust] = stores
+        return stores
+
+
+def _revocation_store(trust: TrustStore, now: datetime.datetime) -> _Revocation:
+    """The CAs and the CRLs valid at `now`, with CRL checking.
+
+    OpenSSL's own CRL date check is replaced by choosing the CRLs here, with its bounds:
+    lastUpdate <= now <= nextUpdate in whole seconds. A certificate whose issuer has no
+    CRL valid at `now` then gets "unable to get CRL": "revocation unknown", as an expired
+    or not yet valid CRL gave.
+    """
+    stores = _stores(trust)
+    second = now.replace(microsecond=0)
+    valid = tuple(
+        index
+        for index, (last, next_update) in enumerate(stores.windows)
+        if last <= second and (next_update is None or second <= next_update)
+    )
+    cached = stores.revocation
+    if cached is not None and cached.valid == valid:
+        return cached
+    store = _new_store(
+        trust.cas, [trust.crls[index].crl for index in valid], crypto.X509StoreFlags.CRL_CHECK
+    )
+    stores.revocation = revocation = _Revocation(valid, store)
+    return revocation
+
+
 def _chain_to_anchor(
-    leaf: crypto.X509, others: list[crypto.X509], trust: TrustStore, now: datetime.datetime
+    leaf: crypto.X509, others: list[crypto.X509], trust: TrustStore
 ) -> list[x509.Certificate] | None:
     """The certification path leaf .. anchor, dates not checked; None if it does not chain."""
     if not trust.cas:
         return None
-    context = crypto.X509StoreContext(_store(trust, now, _NO_CHECK_TIME, False), leaf, others)
+    context = crypto.X509StoreContext(_stores(trust).anchors, leaf, others)
     try:
         context.verify_certificate()
     except crypto.X509StoreContextError:
@@ -343,22 +418,56 @@ def _dates(path: Sequence[x509.Certificate], now: datetime.datetime) -> Reason |
     return None
 
 
+def prepare_stores(trust: TrustStore, now: datetime.datetime) -> None:
+    """Build the OpenSSL stores of `trust` (CRLs valid at `now`) where it is loaded, so
+    the first verification does not pay for parsing the CRLs into them."""
+    if trust.cas:
+        _stores(trust)
+        if trust.checks_revocation:
+            _revocation_store(trust, _utc(now))
+
+
+def _chain_digest(chain: Sequence[bytes]) -> bytes:
+    digest = hashlib.sha256()
+    for der in chain:
+        data = bytes(der)
+        digest.update(len(data).to_bytes(4, "big") + data)
+    return digest.digest()
+
+
 def _revocation(
+    chain: Sequence[bytes],
     path: Sequence[x509.Certificate],
     others: list[crypto.X509],
     trust: TrustStore,
     now: datetime.datetime,
 ) -> Reason | None:
-    """Check each certificate below the anchor against its issuer's CRLs (OpenSSL)."""
-    store = _store(trust, now, crypto.X509StoreFlags.CRL_CHECK, True)
+    """Check each certificate below the anchor against its issuer's CRLs (OpenSSL).
+
+    The answer depends only on the presented chain (which, with the trust set, gives
+    `path` and `others`) and the store of the CRLs valid at `now`: it is kept with
+    that store and reused for the same chain.
+    """
+    revocation = _revocation_store(trust, now)
+    key = _chain_digest(chain)
+    with _STORES_LOCK:
+        if key in revocation.answers:
+            revocation.answers.move_to_end(key)
+            return revocation.answers[key]
+    reason: Reason | None = None
     for cert in path[:-1]:
         target = crypto.X509.from_cryptography(cert)
         try:
-            crypto.X509StoreContext(store, target, others).verify_certificate()
+            crypto.X509StoreContext(revocation.store, target, others).verify_certificate()
         except crypto.X509StoreContextError as error:
             code = error.errors[0] if error.errors else None
-            return "revoked" if code == _REVOKED else "revocation unknown"
-    return None
+            reason = "revoked" if code == _REVOKED else "revocation unknown"
+            break
+    with _STORES_LOCK:
+        revocation.answers[key] = reason
+        while len(revocation.answers) > REVOCATION_ANSWERS:
+            revocation.answers.popitem(last=False)
+    return reason
 
 
 def verify_certificate(
@@ -408,13 +517,16 @@ def _verify(
     except (ValueError, TypeError, crypto.Error):
         return unparseable
 
-    def verdict(reason: Reason | None, chains_to_ca: bool = False) -> CertificateVerdict:
+    def verdict(
+        reason: Reason | None, chains_to_ca: bool = False, if_pinned: Reason | None = None
+    ) -> CertificateVerdict:
         return CertificateVerdict(
             presented=True,
             good=reason is None,
             chains_to_ca=chains_to_ca,
             pinned=pinned,
             reason=reason,
+            if_pinned=if_pinned if reason == "untrusted" else reason,
             fingerprint=fingerprint,
             subject=leaf.subject,
             common_name=leaf.common_name,
@@ -431,17 +543,31 @@ def _verify(
     except (ValueError, TypeError, crypto.Error):
         return unparseable
 
-    path = _chain_to_anchor(leaf_x509, others, trust, now)
+    path = _chain_to_anchor(leaf_x509, others, trust)
     chains_to_ca = path is not None
     if path is None:
-        if not pinned:
-            return verdict("untrusted")
-        path = [leaf.cert]
+        path = [leaf.cert]  # good only when pinned: then dates and usage still count
     if len(path) > MAX_CHAIN_LENGTH:
         return verdict("chain too long", chains_to_ca)
     reason = _dates(path, now)
     if reason is None and leaf.eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in leaf.eku:
         reason = "wrong usage"
     if reason is None and chains_to_ca and trust.checks_revocation:
-        reason = _revocation(path, others, trust, now)
+        reason = _revocation(chain, path, others, trust, now)
+    if not chains_to_ca and not pinned:
+        return verdict("untrusted", False, if_pinned=reason)
     return verdict(reason, chains_to_ca)
+
+
+def with_pins(verdict: CertificateVerdict, pins: Collection[str]) -> CertificateVerdict:
+    """`verdict` (from `verify_certificate`) for an account that pins `pins`: "good" is
+    per account (SPEC section 4). A chain that reaches `tls.client_ca` is judged the same
+    for everyone; one that does not is good only where it is pinned (then its dates and
+    usage count: `if_pinned`). Nothing is verified again."""
+    if not verdict.presented or verdict.fingerprint is None:
+        return verdict
+    pinned = verdict.fingerprint in {pin.replace(":", "").lower() for pin in pins}
+    reason = verdict.reason
+    if not verdict.chains_to_ca and reason not in _STRUCTURAL:
+        reason = verdict.if_pinned if pinned else "untrusted"
+    return replace(verdict, pinned=pinned, reason=reason, good=reason is None)

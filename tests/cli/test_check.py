@@ -6,6 +6,7 @@ import datetime
 import io
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
+from hardening.unprivileged import readable_folder, runtime
 from securetransport.cli import main
 from securetransport.cli.check import check
 
@@ -236,12 +238,35 @@ class CheckCommandTests(SynchronousTestCase):
         )
 
     def test_unreadable_tls_file(self) -> None:
-        if os.geteuid() == 0:
-            self.skipTest("root reads files whatever their mode")
-        (self.pki / "server.key").chmod(0)
-        problems, _ = check(self.config)
+        if os.geteuid() != 0:
+            (self.pki / "server.key").chmod(0)
+            problems, _ = check(self.config)
+            self.assertEqual(
+                problems,
+                [f"tls.private_key: cannot read {self.pki}/server.key: Permission denied"],
+            )
+            return
+        # Root reads every file: run `check` as nobody, on a copy nobody can read but
+        # for the key, from an interpreter and package copy nobody can run.
+        folder = readable_folder("st-check-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        shutil.copytree(self.folder, folder / "site", dirs_exist_ok=True)
+        for path in (folder / "site").rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        (folder / "site").chmod(0o755)
+        key = folder / "site" / "pki" / "server.key"
+        key.chmod(0)
+        unprivileged = runtime()
+        config = folder / "site" / "securetransport.toml"
+        done = subprocess.run(
+            ["runuser", "-u", "nobody", "--", unprivileged.python, "-m", "securetransport",
+             "check", "--config", str(config)],
+            env=unprivileged.env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        problems = [line for line in done.stderr.splitlines() if not line.startswith("warning: ")]
+        self.assertEqual(done.returncode, 1, done.stderr)
         self.assertEqual(
-            problems, [f"tls.private_key: cannot read {self.pki}/server.key: Permission denied"]
+            problems, [f"tls.private_key: cannot read {key}: Permission denied"], done.stderr
         )
 
     def test_folder_as_tls_file(self) -> None:

@@ -19,7 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from securetransport.cli import main
 from securetransport.pki import init_pki, new_key
-from securetransport.userstore import Account, certificate_fingerprint, open_user_store
+from securetransport.stores import open_user_store
+from securetransport.userstore import Account, certificate_fingerprint
 
 CONFIG = """
 [server]
@@ -37,6 +38,7 @@ name = "partners"
 users = ["partner-*"]
 ssl = "mandatory"
 login = ["certificate", "password"]
+session_reuse = "account"
 
 [[class]]
 name = "lan"
@@ -101,12 +103,13 @@ class ExplainTests(SynchronousTestCase):
         code, out, err = self.explain("alice", "--certificate", self.cert("alice"))
         self.assertEqual((code, err), (0, ""))
         lines = out.splitlines()
-        self.assertEqual(len(lines), 3, out)
+        self.assertEqual(len(lines), 4, out)
         self.assertEqual(lines[0], "class: staff (matched: addresses 127.0.0.0/8)")
+        self.assertEqual(lines[1], "session_reuse: required")
         self.assertTrue(
-            lines[1].startswith("certificate: 232 User alice logged in with certificate"), out
+            lines[2].startswith("certificate: 232 User alice logged in with certificate"), out
         )
-        self.assertEqual(lines[2], "password: 331 Password required for alice")
+        self.assertEqual(lines[3], "password: 331 Password required for alice")
 
     def test_certificate_of_another_user(self) -> None:
         code, out, _ = self.explain("alice", "--certificate", self.cert("dave"))
@@ -118,15 +121,22 @@ class ExplainTests(SynchronousTestCase):
         self.assertEqual(code, 0)
         self.assertEqual(
             out.splitlines()[1:],
-            ["certificate: none given", "password: 331 Password required for alice"],
+            [
+                "session_reuse: required",
+                "certificate: none given",
+                "password: 331 Password required for alice",
+            ],
         )
 
     def test_json(self) -> None:
         code, out, _ = self.explain("partner-a", "--json", "--certificate", self.cert("partner-a"))
         self.assertEqual(code, 0)
         data = json.loads(out)
-        self.assertEqual(set(data), {"class", "matched", "certificate", "password"})
+        self.assertEqual(
+            set(data), {"class", "matched", "session_reuse", "certificate", "password"}
+        )
         self.assertEqual(data["class"], "partners")
+        self.assertEqual(data["session_reuse"], "account")
         self.assertEqual(data["matched"], 'users "partner-*"')
         self.assertEqual(set(data["certificate"]), {"reply", "text"})
         self.assertEqual(data["certificate"]["reply"], 232)
@@ -142,6 +152,7 @@ class ExplainTests(SynchronousTestCase):
             {
                 "class": None,
                 "matched": None,
+                "session_reuse": None,
                 "certificate": None,
                 "password": {"reply": 530, "text": "No access class for this login"},
             },
@@ -151,6 +162,7 @@ class ExplainTests(SynchronousTestCase):
         code, out, _ = self.explain("alice", "--address", "192.0.2.1")
         self.assertEqual(code, 0)
         self.assertEqual(out.splitlines()[0], "class: none")
+        self.assertNotIn("session_reuse", out)
 
     def test_clear_channel(self) -> None:
         code, out, _ = self.explain(
@@ -159,7 +171,8 @@ class ExplainTests(SynchronousTestCase):
         self.assertEqual(code, 0)
         tls_required = "530 TLS required for this account: use AUTH TLS"
         self.assertEqual(
-            out.splitlines()[1:], [f"certificate: {tls_required}", f"password: {tls_required}"]
+            out.splitlines()[1:],
+            ["session_reuse: account", f"certificate: {tls_required}", f"password: {tls_required}"],
         )
         code, out, _ = self.explain("alice", "--no-tls", "--address", "10.1.2.3")
         self.assertIn("password: 331 Password required for alice", out)
@@ -185,9 +198,9 @@ class ExplainTests(SynchronousTestCase):
         code, out, _ = self.explain("carol", "--certificate", str(self.carol_pem))
         self.assertEqual(code, 0)
         self.assertIn("certificate: 232 User carol logged in", out)
-        # carol's certificate used for alice names another account: not "untrusted"
+        # "Good" is per account: carol's self-signed pin is untrusted for alice.
         _, out, _ = self.explain("alice", "--certificate", str(self.carol_pem))
-        self.assertIn("certificate: 331 Password required for alice", out)
+        self.assertIn("certificate: 530 client certificate rejected: untrusted", out)
 
     def test_untrusted_certificate_in_mandatory_class(self) -> None:
         stranger = self.folder / "stranger.crt"
@@ -218,9 +231,15 @@ class ExplainTests(SynchronousTestCase):
         self.assertIn(str(missing), self.assertOneLineError("alice", config=missing))
         bad = self.folder / "bad.toml"
         bad.write_text('[server]\nbannr = 1\numask = "9"\n')
-        err = self.assertOneLineError("alice", config=bad)
-        self.assertIn("server.bannr", err)
-        self.assertIn("1 more", err)
+        # One line per problem, no summary (SPEC 2, issue #9.11).
+        self.config = bad
+        code, out, err = self.explain("alice")
+        self.assertEqual((code, out), (1, ""))
+        self.assertNotIn("Traceback", err)
+        lines = err.splitlines()
+        self.assertEqual(len(lines), 2, err)
+        self.assertIn("server.bannr: unknown key", lines[0])
+        self.assertIn("server.umask: ", lines[1])
 
     def test_bad_client_ca(self) -> None:
         (self.folder / "pki" / "ca.crt").write_text("garbage")

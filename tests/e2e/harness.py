@@ -23,7 +23,8 @@ from securetransport.config import load_config
 from securetransport.passwords import hash_password
 from securetransport.pki import init_pki
 from securetransport.service import SecureTransportService
-from securetransport.userstore import Account, open_user_store
+from securetransport.stores import open_user_store
+from securetransport.userstore import Account
 
 
 def require_tool(name: str) -> str:

@@ -288,6 +288,37 @@ class TrustedCertificateTests(MatrixTestCase):
         self.assertEqual((logins[-1]["method"], logins[-1]["result"]), ("certificate", "success"))
 
 
+class AuditNameTests(TestCase):
+    """Typed login names reach the audit log only when they are accounts."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_names_that_are_not_accounts_are_not_logged(self) -> Any:
+        server = LiveServer(self, extra_server="max_login_failures = 1000").start()
+        server.runtime.failure_delay_base = 0.001
+        disable(server, "bob")
+        secret = "S3cr3t!pw"
+        for name in (secret, secret, "alice", "bob"):
+            # One optional class for everyone: clear and TLS logins reach the password check.
+            replies = yield run(server, [f"USER {name}", "PASS wrong"])
+            self.assertEqual([code(r) for r in replies], ["331", "530"], (name, replies))
+            replies = yield run(server, ["AUTH TLS", f"USER {name}", "PASS wrong"])
+            self.assertEqual([code(r) for r in replies], ["234", "331", "530"], (name, replies))
+        log = (server.root / "log" / "audit.jsonl").read_text()
+        self.assertNotIn(secret, log)
+        events = [e for e in server.audit_events() if e["event"] in ("user", "login")]
+        by_name = {
+            (e["event"], e["user"], e.get("user_key")) for e in events if e["event"] == "login"
+        }
+        unknown = [e for e in events if e["user"] is None]
+        self.assertEqual(len(unknown), 4 * 2)  # 4 sessions typed it: USER and PASS events
+        self.assertEqual(len({e["user_key"] for e in unknown}), 1, unknown)  # grouped
+        self.assertEqual(len(unknown[0]["user_key"]), 16)
+        self.assertIn(("login", "alice", None), by_name)
+        self.assertIn(("login", "bob", None), by_name)  # disabled, still an account
+
+
 class FailedCertificateTests(TestCase):
     """Row "TLS, failed, mandatory" (530 with the reason) and, in an optional class, the
     password fallback (the failed certificate is ignored)."""
@@ -543,6 +574,19 @@ class PinnedCertificateTests(MatrixTestCase):
         self.assertNotIn("232", [code(r) for r in trace.received])
 
     @defer.inlineCallbacks
+    def test_self_signed_pinned_on_another_account_is_untrusted_here(self) -> Any:
+        """ "Good" is per account: bob's self-signed pin presented for alice (mandatory)."""
+        bobs = self.certs.self_signed("bob-self", "whatever")
+        pin(self.server, "bob", bobs.fingerprint)
+        replies = yield run(self.server, ["AUTH TLS", "USER alice"], bobs)
+        self.assertEqual(replies[1], rejected("untrusted"))
+        trace = yield curl_dialogue(self.server, "alice", PASSWORD, bobs)
+        self.assertEqual(trace.reply_to("USER"), rejected("untrusted"), trace.stderr[-2000:])
+        self.assertFalse(trace.sent_verb("PASS"))
+        replies = yield run(self.server, ["AUTH TLS", "USER bob"], bobs)
+        self.assertEqual(code(replies[1]), "232")
+
+    @defer.inlineCallbacks
     def test_pinned_certificate_still_needs_valid_dates(self) -> Any:
         expired = self.certs.expired("expired-pinned", "alice")
         pin(self.server, "alice", expired.fingerprint)
@@ -747,6 +791,91 @@ class DataProtectionTests(MatrixTestCase):
         self.assertEqual([code(r) for r in out["after"]], ["200", "226"])
         self.assertFalse((self.server.home() / "new.txt").exists())
 
+    def _clear_channel_then_prot_p(self, command: str) -> dict[str, Any]:
+        """PROT C, PASV (a clear data set-up), PROT P, then connect in clear and transfer."""
+        ftp, _ = open_ftp(self.server, self.certs.existing("alice"))
+        out: dict[str, Any] = {}
+        out["login"] = [step(ftp, line) for line in ("AUTH TLS", "USER alice", "PBSZ 0")]
+        out["prot_c"] = step(ftp, "PROT C")
+        host, data_port = ftplib.parse227(raw(ftp, "PASV"))
+        out["prot_p"] = step(ftp, "PROT P")
+        data = socket.create_connection((host, data_port), timeout=5)
+        data.settimeout(2)
+        out["reply"] = raw(ftp, command)
+        if command.startswith("STOR"):
+            try:
+                data.sendall(b"uploaded in clear\n")
+            except OSError:
+                pass
+        received = b""
+        try:
+            while chunk := data.recv(4096):
+                received += chunk
+        except OSError:
+            pass
+        data.close()
+        out["received"] = received
+        if out["reply"].startswith("150"):
+            out["final"] = str(ftp.getresp())
+        ftp.close()
+        return out
+
+    @defer.inlineCallbacks
+    def test_clear_data_connection_refused_whatever_prot_says_now(self) -> Any:
+        """The real protection of the data connection decides 521, not PROT at the command."""
+        for command in ("RETR file.txt", "LIST", "STOR new.txt"):
+            out = yield in_thread(self._clear_channel_then_prot_p, command)
+            self.assertEqual(code(out["login"][1]), "232", out)
+            self.assertEqual([code(out["prot_c"]), code(out["prot_p"])], ["200", "200"])
+            self.assertEqual(code(out["reply"]), "521", (command, out))
+            self.assertNotIn(b"secret", out["received"], command)
+            self.assertEqual(out["received"], b"", command)
+        self.assertFalse((self.server.home() / "new.txt").exists())
+        transfers = [e for e in self.server.audit_events() if e["event"] == "transfer"]
+        self.assertEqual(transfers, [])
+
+    @defer.inlineCallbacks
+    def test_audit_records_the_real_protection(self) -> Any:
+        """PROT P, PASV (protected set-up), PROT C, RETR: the transfer is protected and
+        logged so; in an optional class PROT C, PASV, PROT P gives a clear transfer, logged
+        as clear."""
+        (self.server.home("o-alice") / "file.txt").write_text("optional")
+
+        def session() -> list[str]:
+            ftp, _ = open_ftp(self.server, self.certs.existing("alice"))
+            replies = [step(ftp, line) for line in ("AUTH TLS", "USER alice", "PBSZ 0")]
+            replies.append(step(ftp, "PROT P"))
+            sink: list[bytes] = []
+            replies.append(str(ftp.retrbinary("RETR file.txt", sink.append)))
+            ftp.close()
+            ftp, _ = open_ftp(self.server, self.certs.existing("o-alice"))
+            replies += [step(ftp, line) for line in ("AUTH TLS", "USER o-alice", "PBSZ 0")]
+            replies.append(step(ftp, "PROT C"))
+            host, port = ftplib.parse227(raw(ftp, "PASV"))
+            replies.append(step(ftp, "PROT P"))
+            data = socket.create_connection((host, port), timeout=5)
+            replies.append(raw(ftp, "RETR file.txt"))
+            received = b""
+            while chunk := data.recv(4096):
+                received += chunk
+            data.close()
+            replies.append(str(ftp.getresp()))
+            replies.append(received.decode())
+            ftp.close()
+            return replies
+
+        replies = yield in_thread(session)
+        self.assertEqual([code(r) for r in replies[:5]], ["234", "232", "200", "200", "226"])
+        self.assertEqual(
+            [code(r) for r in replies[5:11]], ["234", "232", "200", "200", "200", "150"]
+        )
+        self.assertEqual(code(replies[11]), "226")
+        self.assertEqual(replies[12], "optional")
+        transfers = [e for e in self.server.audit_events() if e["event"] == "transfer"]
+        self.assertEqual(
+            [(e["user"], e["protected"]) for e in transfers], [("alice", True), ("o-alice", False)]
+        )
+
     @defer.inlineCallbacks
     def test_prot_c_allowed_in_optional_class(self) -> Any:
         lines = ["AUTH TLS", "USER o-alice", "PBSZ 0", "PROT C", "LIST"]
@@ -928,10 +1057,16 @@ class ExplainAgreementTests(MatrixTestCase):
         cn_alice = self.certs.issue("cn-alice", "alice")
         pin(self.server, "bob", cn_alice.fingerprint)
         disable(self.server, "bob")
-        replies = yield run(self.server, ["AUTH TLS", "USER alice"], cn_alice)
-        # Only enabled accounts' pins count (userstore.pinned_by_enabled_account), for the
-        # live server and `policy explain` alike.
+        replies = yield run(self.server, ["AUTH TLS", "USER alice", f"PASS {PASSWORD}"], cn_alice)
+        # A pin on a disabled account still keeps the certificate from naming alice by its
+        # CN (it logs no one in either), for the live server and `policy explain` alike.
+        self.assertEqual([code(r) for r in replies], ["234", "331", "230"])
         self._compare("alice", cn_alice, True, replies[1])
+        # Disabled bob answers as an unknown name does: his pin logs nobody in.
+        replies = yield run(self.server, ["AUTH TLS", "USER bob"], cn_alice)
+        unknown = yield run(self.server, ["AUTH TLS", "USER m-nobody"], cn_alice)
+        self.assertEqual(replies[1], "331 Password required for bob")
+        self.assertEqual(unknown[1], "331 Password required for m-nobody")
 
 
 class BadInputTests(TestCase):

@@ -314,6 +314,32 @@ class SessionReuseTests(TestCase):
         self.assertEqual(len(data), 4)
         self.assertTrue(all(e["accepted"] and not e["resumed"] for e in data), data)
 
+    @defer.inlineCallbacks
+    def test_stock_ftplib_uploads_where_reuse_is_off(self) -> Any:
+        """A full TLS 1.2 handshake on an upload's data connection ends with the server's
+        last flight (ticket, Finished): none of it may be held back."""
+        server = LiveServer(self, classes=REUSE_OFF_CLASSES).start()
+        for version in ("1.2", "1.3"):
+            payload = os.urandom(300_001)
+
+            def session(version: str = version, payload: bytes = payload) -> tuple[str, bytes]:
+                ftp = ftps_login(server, version, reuse=False)
+                ftp.sock.settimeout(15)
+                reply = ftp.storbinary(f"STOR up-{version}.bin", io.BytesIO(payload))
+                received, _ = retr_outcome(ftp, f"RETR up-{version}.bin")
+                ftp.quit()
+                return reply, received
+
+            reply, received = yield in_thread(session)
+            self.assertTrue(reply.startswith("226"), (version, reply))
+            stored = (server.home() / f"up-{version}.bin").read_bytes()
+            self.assertEqual(
+                hashlib.sha256(stored).hexdigest(), hashlib.sha256(payload).hexdigest()
+            )
+            self.assertEqual(received, payload)
+        uploads = events(server, "transfer", direction="upload")
+        self.assertEqual([(e["result"], e["protected"]) for e in uploads], [("ok", True)] * 2)
+
 
 # ----------------------------------------------------------------------------------- 3
 

@@ -25,9 +25,11 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from hardening.unprivileged import runtime
 from securetransport.passwords import hash_password
 from securetransport.pki import init_pki
-from securetransport.userstore import Account, open_user_store
+from securetransport.stores import open_user_store
+from securetransport.userstore import Account
 from tests.e2e.ftps_clients import RawControl, ReusingFTP_TLS
 from tests.e2e.harness import PASSWORD, random_file
 
@@ -107,15 +109,19 @@ class WorkersServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkersServer:
-        drop = (
-            [] if self.user is None else [f"--uid={self.user.pw_uid}", f"--gid={self.user.pw_gid}"]
-        )
+        command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+        env = {**os.environ, "PYTHONPATH": python_path()}
+        drop: list[str] = []
+        if self.user is not None:
+            drop = [f"--uid={self.user.pw_uid}", f"--gid={self.user.pw_gid}"]
+            # The workers start the interpreter as that user: one it can run, with copies
+            # of the packages it can read, wherever the checkout lies (issue #9.12).
+            command, env = runtime().twistd_command(), runtime().env()
         with open(self.log, "wb") as output:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                 "-n", "--pidfile=", *drop, "securetransport", "--config", str(self.config)],
-                cwd=self.root, stdout=output, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONPATH": python_path()},
+                [*command, "-n", "--pidfile=", *drop, "securetransport", "--config",
+                 str(self.config)],
+                cwd=self.root, stdout=output, stderr=subprocess.STDOUT, env=env,
             )  # fmt: skip
         self.case.addCleanup(self.stop)
         self.wait_for(lambda: len(self.serving()) == 2, "both workers listening")
@@ -328,13 +334,17 @@ class WorkersTests(SynchronousTestCase):
         if os.geteuid() != 0:
             raise SkipTest("dropping privileges needs root (CI runs as root)")
         nobody = pwd.getpwnam("nobody")
+        python = runtime().python
         try:
             subprocess.run(
-                [sys.executable, "-c", "pass"], user=nobody.pw_uid, group=nobody.pw_gid,
+                [python, "-c", "pass"], user=nobody.pw_uid, group=nobody.pw_gid,
                 check=True, capture_output=True, timeout=30,
             )  # fmt: skip
         except (OSError, subprocess.CalledProcessError) as error:
-            raise SkipTest(f"nobody cannot run {sys.executable}: {error}") from None
+            raise SkipTest(
+                f"nobody cannot run {python} (the base interpreter "
+                f"{os.path.realpath(python)}): {error}"
+            ) from None
         server = WorkersServer(self, user=nobody)
         self.assertEqual(os.stat(server.root / "pki" / "server.key").st_mode & 0o777, 0o600)
         server.start()

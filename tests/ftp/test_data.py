@@ -45,13 +45,21 @@ class FakeListeningPort:
         self.stopped = True
 
 
-class TLSTransport(StringTransport):
-    """Records startTLS; getHandle returns a marker object."""
+class _Handle:
+    def __init__(self, version: str) -> None:
+        self.version = version
 
-    def __init__(self) -> None:
+    def get_protocol_version_name(self) -> str:
+        return self.version
+
+
+class TLSTransport(StringTransport):
+    """Records startTLS; getHandle returns a handle that names the TLS version."""
+
+    def __init__(self, version: str = "TLSv1.3") -> None:
         super().__init__()
         self.tls_started: list[tuple[Any, bool]] = []
-        self.handle = object()
+        self.handle = _Handle(version)
 
     def startTLS(self, creator: Any, normal: bool = True) -> None:  # noqa: N802
         self.tls_started.append((creator, normal))
@@ -243,6 +251,23 @@ class DataConnectionTests(SynchronousTestCase):
         channel.expect("send")
         self.assertFalse(gate.holding)
         self.assertEqual(transport.value(), b"ticket")
+
+    def test_tls12_handshake_is_never_held(self) -> None:
+        # TLS 1.2: what is unsent at handshakeCompleted is the server's last flight.
+        tls, _ = self.tls()
+        channel = DataChannel(MemoryReactorClock(), PEER, tls, timeout=30)
+        gate = channel._new_connection(server_side=True, addr=IPv4Address("TCP", PEER, 5000))
+        assert isinstance(gate, TicketGate)
+        transport = StringTransport()
+        gate.transport = transport
+        channel.expect("receive")
+        connection = channel.connection
+        assert connection is not None
+        connection.makeConnection(TLSTransport("TLSv1.2"))
+        connection.handshakeCompleted()
+        self.assertFalse(gate.holding)
+        gate.write(b"finished")
+        self.assertEqual(transport.value(), b"finished")
 
     def test_tls_session_check_fails_with_522(self) -> None:
         tls, _ = self.tls("TLS session not resumed from the control connection")

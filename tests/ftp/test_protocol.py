@@ -41,6 +41,7 @@ from securetransport.config import ClassConfig, Config, PassiveConfig, ServerCon
 from securetransport.ftp.commands import COMMANDS
 from securetransport.ftp.passive import PassivePortProvider
 from securetransport.ftp.protocol import FTPFactory, FTPSession
+from securetransport.ftp.state import Phase
 from securetransport.limits import LoginGuard, SessionCounter
 from securetransport.passwords import VerificationPool, hash_password
 from securetransport.pki import init_pki
@@ -336,7 +337,8 @@ class BeforeLoginTests(SessionTestCase):
         self.assertEqual(self.audit.count("session-end"), 1)
 
     def test_command_table_matches_spec(self) -> None:
-        allowed = {verb for verb, spec in COMMANDS.items() if spec.before_login}
+        before = {Phase.CONNECTED, Phase.AWAITING_PASS}
+        allowed = {verb for verb, spec in COMMANDS.items() if spec.phases & before}
         self.assertEqual(allowed, set(BEFORE_LOGIN))
 
     @inlineCallbacks
@@ -746,6 +748,23 @@ class LoginTests(SessionTestCase):
         self.clock.advance(1.05)
         self.assertEqual(client.codes(), [530] + [200] * 18 + [421])
         self.assertTrue(client.closed)
+
+    @inlineCallbacks
+    def test_unsent_replies_stop_reading_and_serving(self) -> Generator[Any, Any, None]:
+        # The transport pauses its producer (the session) when replies pile up unsent.
+        client = self.connect()
+        yield self.login(client)
+        self.assertIs(client.transport.producer, client.session)
+        client.session.pauseProducing()
+        client.send(b"NOOP", b"SYST")
+        self.assertEqual(client.codes(), [])
+        self.assertEqual(client.transport.producerState, "producing")
+        client.send(*[b"NOOP"] * 40)  # more than MAX_QUEUED_COMMANDS wait: stop reading
+        self.assertEqual(client.codes(), [])
+        self.assertEqual(client.transport.producerState, "paused")
+        client.session.resumeProducing()
+        self.assertEqual(client.codes(), [200, 215] + [200] * 40)
+        self.assertEqual(client.transport.producerState, "producing")
 
     @inlineCallbacks
     def test_unknown_user_replies_like_a_wrong_password(self) -> Generator[Any, Any, None]:
@@ -1216,7 +1235,7 @@ class TLSTests(SessionTestCase):
             self.assertEqual(client.transport.written_at_tls, len(client.transport.value()))
             self.assertEqual(len(client.session.queue), 0)
             self.assertEqual(client.session.lines.pending, 0)
-            self.assertIsNone(client.session.pending_user)
+            self.assertIsNone(client.session.session.state.pending)
 
     def test_auth_tls_drops_a_partial_line(self) -> None:
         client = self.connect()
@@ -1233,7 +1252,7 @@ class TLSTests(SessionTestCase):
         yield self.idle(client)
         self.assertEqual(client.codes(), [331, 234])
         self.assertEqual(self.audit.count("login"), 0)
-        self.assertIsNone(client.session.pending_user)
+        self.assertIsNone(client.session.session.state.pending)
 
     @inlineCallbacks
     def test_auth_drops_a_pending_user(self) -> Generator[Any, Any, None]:

@@ -23,6 +23,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from hardening.clients import open_session
 from hardening.server import ServerProcess
+from hardening.unprivileged import readable_folder
 from tests.e2e.harness import PASSWORD, LiveServer, in_thread, sha256_file
 from tests.hardening.helpers import Session, code, temporaries, wait_for
 
@@ -185,8 +186,9 @@ class SubprocessServerTest(SynchronousTestCase):
     file_size_limit: int | None = None
 
     def setUp(self) -> None:
-        root = Path(self.mktemp()).absolute()
-        root.parent.chmod(0o755)  # mkdtemp's 0700 would keep "nobody" out
+        # Not below the checkout, which may lie where "nobody" cannot go (issue #9.12).
+        root = readable_folder("st-faults-") / "server"
+        self.addCleanup(shutil.rmtree, root.parent, True)
         self.server = ServerProcess(root, file_size_limit=self.file_size_limit).start()
         self.addCleanup(self.server.kill)
 

@@ -19,7 +19,8 @@ from securetransport.config import load_config
 from securetransport.passwords import hash_password
 from securetransport.service import SecureTransportService
 from securetransport.sftp.keys import HOST_KEY_NAME, write_ssh_keys
-from securetransport.userstore import Account, open_user_store
+from securetransport.stores import open_user_store
+from securetransport.userstore import Account
 from tests.e2e.harness import require_tool, run_tool
 
 SSH_CLASSES = """

@@ -16,7 +16,8 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from securetransport.sftp.keys import write_ssh_keys
-from securetransport.userstore import Account, open_user_store
+from securetransport.stores import open_user_store
+from securetransport.userstore import Account
 from tests.e2e.harness import random_file, require_tool, sha256_file
 
 REPO = Path(__file__).resolve().parent.parent.parent

@@ -20,14 +20,21 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from securetransport.tls import context as context_module
-from securetransport.tls.context import HandshakeInfo, connection_creator, handshake_info
+from securetransport.tls.context import (
+    HandshakeInfo,
+    connection_creator,
+    handshake_info,
+    ticket_key_name,
+)
 from securetransport.tls.reuse import (
     NOT_RESUMED,
     OTHER_SESSION,
     check_data_session,
     master_key_matches,
+    server_session_id,
     session_key_digest,
     session_reused,
+    session_ticket,
 )
 from tests.tls.helpers import TLS12, TLS13, client_context, close, connect, exchange, make_pki
 
@@ -293,3 +300,25 @@ class TwistedDataConnectionTests(SynchronousTestCase):
             other = self.connect(connection_creator(factory.new_session_context()), client).info
             assert other is not None
             self.assertEqual(check_data_session(control, other, other.resumed, True), NOT_RESUMED)
+
+
+class SessionDerTests(SynchronousTestCase):
+    """The session ID and ticket read from a session's DER form (private bindings)."""
+
+    def test_ids_and_tickets(self) -> None:
+        factory = make_pki().factory()
+        self.assertEqual(server_session_id(SSL.Connection(factory.new_session_context())), b"")
+        context = factory.new_session_context()
+        for version, options, has_id, has_ticket in (
+            (TLS12, SSL.OP_NO_TICKET, True, False),
+            (TLS12, 0, False, True),  # a ticket replaces the server's session ID
+            (TLS13, 0, True, True),
+        ):
+            client, server = connect(client_context(max_version=version, options=options), context)
+            session = client.get_session()
+            assert session is not None
+            self.assertEqual(len(server_session_id(server)) == 32, has_id, (version, options))
+            ticket = session_ticket(session)
+            self.assertEqual(len(ticket) > 64, has_ticket, (version, options))
+            if has_ticket:
+                self.assertEqual(ticket[:16], ticket_key_name(context))

@@ -8,12 +8,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from OpenSSL import crypto
 from twisted.trial.unittest import SynchronousTestCase
 
 from securetransport.pki import (
@@ -34,6 +36,7 @@ from securetransport.tls.verify import (
     TrustStoreError,
     crl_warnings,
     load_trust_store,
+    prepare_stores,
     verify_certificate,
 )
 from securetransport.userstore import certificate_fingerprint
@@ -753,3 +756,93 @@ class TrustStoreTests(SynchronousTestCase):
         self.assertTrue(lines[1].startswith("past.crl: "), lines)
         self.assertIn("revocation unknown", lines[1])
         self.assertEqual(crl_warnings(TrustStore(), NOW), [])
+
+
+class StoreReuseTests(SynchronousTestCase):
+    """Issue #9.9: OpenSSL stores (and their CRLs) are built once per loaded trust set, not
+    at every verification, and the verdicts still follow the `now` passed in."""
+
+    def count_stores(self) -> list[object]:
+        made: list[object] = []
+        original = crypto.X509Store
+
+        def counting() -> crypto.X509Store:
+            store = original()
+            made.append(store)
+            return store
+
+        self.patch(crypto, "X509Store", counting)
+        return made
+
+    def test_one_build_per_trust_set(self) -> None:
+        p = pki()
+        store = trust(p.root[0], crls=(crl(p.root, (p.revoked.serial_number,)), crl(p.inter)))
+        made = self.count_stores()
+        for _ in range(5):
+            self.assertTrue(verify([p.alice], store).good)
+            self.assertEqual(verify([p.revoked], store).reason, "revoked")
+            self.assertTrue(verify([p.via_inter, p.inter[0]], store).good)
+        self.assertLessEqual(len(made), 2, "one store for path building, one with the CRLs")
+        reloaded = trust(p.root[0], crls=(crl(p.root, (p.alice.serial_number,)),))
+        self.assertEqual(verify([p.alice], reloaded).reason, "revoked")  # a new set: new stores
+        self.assertLessEqual(len(made), 4)
+
+    def test_stores_prepared_where_the_trust_set_is_loaded(self) -> None:
+        p = pki()
+        store = trust(p.root[0], crls=(crl(p.root, (p.revoked.serial_number,)),))
+        prepare_stores(store, NOW)
+        made = self.count_stores()
+        self.assertTrue(verify([p.alice], store).good)
+        self.assertEqual(verify([p.revoked], store).reason, "revoked")
+        self.assertEqual(made, [])
+
+    def test_a_chain_checked_again_is_answered_from_memory(self) -> None:
+        """OpenSSL spends milliseconds per check on a large CRL: the revocation answer for
+        a chain is kept with the store of the CRLs valid now (a USER repeats the check)."""
+        p = pki()
+        store = trust(p.root[0], crls=(crl(p.root, (p.revoked.serial_number,)), crl(p.inter)))
+        contexts: list[object] = []
+        original = crypto.X509StoreContext
+
+        def counting(*args: Any) -> crypto.X509StoreContext:
+            contexts.append(args[0])
+            return original(*args)
+
+        self.patch(crypto, "X509StoreContext", counting)
+        for _ in range(5):
+            self.assertTrue(verify([p.via_inter, p.inter[0]], store).good)
+            self.assertEqual(verify([p.revoked], store).reason, "revoked")
+        # each call builds its path (10); the revocation checks ran once per chain (2 + 1)
+        self.assertEqual(len(contexts), 10 + 3)
+        # Past the root CRL's next update the set differs: nothing is answered from memory.
+        short = trust(
+            p.root[0],
+            crls=(crl(p.root, (p.revoked.serial_number,), next=NOW + 10 * DAY), crl(p.inter)),
+        )
+        for now, reason in [(NOW, "revoked"), (NOW + 11 * DAY, "revocation unknown")] * 2:
+            self.assertEqual(verify([p.revoked], short, now=now).reason, reason, now)
+        for now, reason in [(NOW, None), (NOW + 11 * DAY, "revocation unknown")] * 2:
+            self.assertEqual(verify([p.via_inter, p.inter[0]], short, now=now).reason, reason)
+
+    def test_verdicts_follow_now_with_a_reused_store(self) -> None:
+        """CRL and certificate dates are judged at each call's `now`, in any order, with
+        OpenSSL's whole-second bounds (lastUpdate <= now <= nextUpdate, in seconds)."""
+        p = pki()
+        start = NOW - DAY / 2  # alice is valid from NOW - DAY
+        first = crl(p.root, number=1, last=start, next=NOW + 2 * DAY)
+        second = crl(p.root, (p.alice.serial_number,), number=2, last=NOW + DAY, next=NOW + 9 * DAY)
+        store = trust(p.root[0], crls=(first, second))
+        half = datetime.timedelta(milliseconds=500)
+        expected = [
+            (NOW, None),
+            (NOW + 40 * DAY, "expired"),  # the leaf's own dates
+            (NOW + DAY - half, None),  # the second CRL is not valid yet
+            (NOW + DAY, "revoked"),  # ... and now it is
+            (start - half, "revocation unknown"),  # before the first CRL
+            (start, None),
+            (NOW + 9 * DAY + half, "revoked"),  # nextUpdate's own second still counts
+            (NOW + 9 * DAY + 2 * half, "revocation unknown"),  # both past their next update
+            (NOW, None),
+        ]
+        for now, reason in expected * 2:
+            self.assertEqual(verify([p.alice], store, now=now).reason, reason, now)
