@@ -54,6 +54,7 @@ class SFTPServer:
         users: tuple[str, ...] = ("alice", "bob", "carol"),
         upload_mode: str = "atomic",
         extra_server: str = "",
+        extra_sections: str = "",
     ) -> None:
         self.case = case
         self.root = Path(case.mktemp()).absolute()
@@ -81,6 +82,7 @@ port = 0
 
 [ssh]
 host_keys = ["keys/{HOST_KEY_NAME}"]
+{extra_sections}
 {classes}
 """
         self.config_path = self.root / "securetransport.toml"
