@@ -42,14 +42,20 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# SFTP: securetransport vs OpenSSH's sshd/sftp-server (apt-get install openssh-server; it
+# is run on its own port, never as the system's sshd) vs asyncssh: `python -m bench.sftp -h`.
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.sftp $(SFTP_BENCH_ARGS)
 
 # sslyze pins cryptography < 47 (ours is newer): it gets its own venv; scan/venv.py pins it.
 .venv-sslyze/.installed: | $(VENV)/.installed
 	$(BIN)/python -c 'from scan.venv import ensure_sslyze; print(ensure_sslyze())'
 
-scan: install .venv-sslyze/.installed
+.venv-ssh-audit/.installed: | $(VENV)/.installed
+	$(BIN)/python -c 'from scan.ssh_audit import ensure_ssh_audit; print(ensure_ssh_audit())'
+
+scan: install .venv-sslyze/.installed .venv-ssh-audit/.installed
 	$(BIN)/python -m scan $(SCAN_ARGS)
 
 # Hardening runs against a live server on loopback: `make fuzz FUZZ_ARGS=--quick`,

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scan import rules
+from scan import rules, ssh_audit
 from scan.runner import SSLYZE_TIMEOUT, RunError, Target, run_all
 from scan.server import ServerError, ServerProcess, make_pki, write_config
 from scan.venv import REPO, SetupError, ensure_sslyze
@@ -35,6 +35,7 @@ class Report:
     raw_paths: dict[str, Path]
     server_log: Path
     server_warnings: list[str] = field(default_factory=list)
+    ssh: ssh_audit.AuditSummary | None = None
 
     @property
     def passed(self) -> bool:
@@ -50,6 +51,9 @@ def run_scan(results: Path = RESULTS, timeout: float = SSLYZE_TIMEOUT) -> Report
     started = time.monotonic()
     sslyze = ensure_sslyze()
     seconds["sslyze venv"] = time.monotonic() - started
+    mark = time.monotonic()
+    ssh_audit_exe = ssh_audit.ensure_ssh_audit()
+    seconds["ssh-audit venv"] = time.monotonic() - mark
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="securetransport-scan-") as temp:
@@ -70,6 +74,9 @@ def run_scan(results: Path = RESULTS, timeout: float = SSLYZE_TIMEOUT) -> Report
             seconds["sslyze"] = time.monotonic() - mark
             for outcome in outcomes:
                 seconds[f"sslyze {outcome.target.name}"] = outcome.seconds
+            mark = time.monotonic()
+            audit_document = ssh_audit.run_ssh_audit(ssh_audit_exe, "127.0.0.1", ports.sftp)
+            seconds["ssh-audit"] = time.monotonic() - mark
             server_alive = server.process is not None and server.process.poll() is None
         finally:
             server.stop()
@@ -80,6 +87,8 @@ def run_scan(results: Path = RESULTS, timeout: float = SSLYZE_TIMEOUT) -> Report
         for outcome in outcomes:
             raw_paths[outcome.target.name] = results / f"sslyze-{outcome.target.name}-{stamp}.json"
             shutil.copyfile(outcome.json_path, raw_paths[outcome.target.name])
+        ssh_raw = results / f"ssh-audit-{stamp}.json"
+        ssh_raw.write_text(json.dumps(audit_document, indent=2) + "\n")
 
     summaries: list[rules.TargetSummary] = []
     findings: list[str] = []
@@ -95,6 +104,8 @@ def run_scan(results: Path = RESULTS, timeout: float = SSLYZE_TIMEOUT) -> Report
             )
         summaries.append(summary)
         findings.extend(rules.findings(summary))
+    ssh_summary = ssh_audit.summarize(ports.sftp, audit_document, ssh_raw)
+    findings.extend(ssh_audit.findings(ssh_summary))
     if not server_alive:
         findings.append(f"the server exited during the scan (log: {server_log})")
     unhandled = [line for line in log_text.splitlines() if _UNHANDLED.search(line)]
@@ -107,7 +118,9 @@ def run_scan(results: Path = RESULTS, timeout: float = SSLYZE_TIMEOUT) -> Report
     warnings = [f"{count} x {text}" for text, count in sorted(kinds.items())]
     seconds["total"] = time.monotonic() - started
     summary_path = results / f"scan-{stamp}.json"
-    report = Report(summaries, findings, seconds, summary_path, raw_paths, server_log, warnings)
+    report = Report(
+        summaries, findings, seconds, summary_path, raw_paths, server_log, warnings, ssh_summary
+    )
     summary_path.write_text(json.dumps(_as_json(report), indent=2) + "\n")
     return report
 
@@ -125,6 +138,7 @@ def _as_json(report: Report) -> dict[str, Any]:
         "targets": [asdict(summary) for summary in report.summaries],
         "seconds": {key: round(value, 2) for key, value in report.seconds.items()},
         "server_warnings": report.server_warnings,
+        "ssh": asdict(report.ssh) if report.ssh is not None else None,
         "raw": {name: str(path) for name, path in report.raw_paths.items()},
         "server_log": str(report.server_log),
     }
@@ -133,6 +147,12 @@ def _as_json(report: Report) -> dict[str, Any]:
 def render(report: Report) -> str:
     """The table, the timings and the verdict, for a terminal."""
     lines = [rules.render(report.summaries), ""]
+    if report.ssh is not None:
+        lines.append(f"sftp port {report.ssh.port} (ssh-audit):")
+        for section, names in report.ssh.algorithms.items():
+            lines.append(f"  {section}: {', '.join(names)}")
+        lines.extend(f"  warning: {text}" for text in report.ssh.warnings)
+        lines.append("")
     if report.server_warnings:
         lines.append("server log warnings during the scan (kinds):")
         lines.extend(f"  {warning}" for warning in report.server_warnings)
@@ -142,7 +162,7 @@ def render(report: Report) -> str:
     )
     lines.append(f"summary: {report.summary_path}")
     if report.passed:
-        lines.append("PASS: no finding on either port")
+        lines.append("PASS: no finding on any port")
     else:
         lines.append(f"FAIL: {len(report.findings)} findings")
         lines.extend(f"finding: {finding}" for finding in report.findings)
@@ -175,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     try:
         report = run_scan(args.results, args.timeout)
-    except (SetupError, ServerError, RunError, OSError) as error:
+    except (SetupError, ServerError, RunError, ssh_audit.AuditError, OSError) as error:
         print(f"scan: error: {error}", file=sys.stderr)
         return 2
     print(render(report))

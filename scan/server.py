@@ -20,6 +20,7 @@ SCAN_USER: Final = "scan"
 
 # The service logs one line per listener: "serving FTP (explicit TLS) on 127.0.0.1 port 40123".
 _LISTENING = re.compile(r"serving FTP \((explicit|implicit) TLS\) on (\S+) port (\d+)")
+_LISTENING_SFTP = re.compile(r"serving SFTP on (\S+) port (\d+)")
 
 
 class ServerError(Exception):
@@ -30,6 +31,7 @@ class ServerError(Exception):
 class Ports:
     explicit: int
     implicit: int
+    sftp: int
 
 
 def write_config(root: Path, address: str = "127.0.0.1") -> Path:
@@ -58,6 +60,14 @@ tls = "explicit"
 address = "{address}"
 port = 0
 tls = "implicit"
+
+[[listen]]
+address = "{address}"
+port = 0
+protocol = "sftp"
+
+[ssh]
+host_keys = ["pki/ssh_host_ed25519_key"]
 
 [passive]
 ports = "64000-64099"
@@ -106,8 +116,9 @@ def parse_ports(log_text: str) -> Ports | None:
     found: dict[str, int] = {}
     for mode, _address, port in _LISTENING.findall(log_text):
         found[mode] = int(port)
-    if "explicit" in found and "implicit" in found:
-        return Ports(explicit=found["explicit"], implicit=found["implicit"])
+    sftp = _LISTENING_SFTP.findall(log_text)
+    if "explicit" in found and "implicit" in found and sftp:
+        return Ports(explicit=found["explicit"], implicit=found["implicit"], sftp=int(sftp[0][1]))
     return None
 
 

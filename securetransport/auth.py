@@ -24,7 +24,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -47,6 +47,9 @@ if TYPE_CHECKING:
     from securetransport.userstore import BlockingUserStore
 
 FilesystemFactory = Callable[[Account], Any]  # returns the account's IFilesystem
+# Builds the avatar of another protocol (SFTP) for an interface the realm is asked for:
+# (account, filesystem, mind) -> avatar. Called in the store's thread.
+AvatarBuilder = Callable[[Account, Any, object], Any]
 
 
 class IFTPAvatar(Interface):
@@ -232,25 +235,34 @@ class CertificateChecker:
 class FTPRealm:
     """Builds an FTPAvatar for an account name, re-reading the account."""
 
-    def __init__(self, filesystem_factory: FilesystemFactory, store: AsyncUserStore) -> None:
+    def __init__(
+        self,
+        filesystem_factory: FilesystemFactory,
+        store: AsyncUserStore,
+        avatar_builders: dict[Any, AvatarBuilder] | None = None,
+    ) -> None:
         self._filesystem_factory = filesystem_factory
         self._store = store
+        self._builders = dict(avatar_builders or {})
 
     def requestAvatar(  # type: ignore[override]
         self, avatarId: Any, mind: object, *interfaces: Any
-    ) -> Deferred[tuple[Any, FTPAvatar, Callable[[], None]]]:
-        if IFTPAvatar not in interfaces:
-            return fail(NotImplementedError("FTPRealm only provides IFTPAvatar"))
+    ) -> Deferred[tuple[Any, Any, Callable[[], None]]]:
+        interface = next((i for i in interfaces if i is IFTPAvatar or i in self._builders), None)
+        if interface is None:
+            return fail(NotImplementedError("FTPRealm provides no avatar for these interfaces"))
         name = _text(avatarId)
         if name is None:
             return fail(UnauthorizedLogin("Login incorrect"))
 
-        def build(account: Account | None) -> tuple[Any, FTPAvatar, Callable[[], None]]:
+        def build(account: Account | None) -> tuple[Any, Any, Callable[[], None]]:
             # In the store's thread: the filesystem factory makes the home folder if missing.
             if account is None or not account.enabled:
                 raise UnauthorizedLogin("Login incorrect")
-            avatar = FTPAvatar(account, self._filesystem_factory(account))
-            return (IFTPAvatar, avatar, _logout)
+            filesystem = self._filesystem_factory(account)
+            if interface is not IFTPAvatar:
+                return (interface, self._builders[interface](account, filesystem, mind), _logout)
+            return (IFTPAvatar, FTPAvatar(account, filesystem), _logout)
 
         return self._store.with_account(name, build)
 
@@ -263,12 +275,20 @@ def make_portal(
     store: AsyncUserStore | BlockingUserStore,
     pool: VerificationPool,
     filesystem_factory: FilesystemFactory,
+    extra_checkers: Sequence[Any] = (),
+    avatar_builders: dict[Any, AvatarBuilder] | None = None,
 ) -> Portal:
     """A Portal with FTPRealm, PasswordChecker and CertificateChecker.
 
     A blocking IUserStore is wrapped in an AsyncUserStore on the pool's threads.
+    `extra_checkers` and `avatar_builders` add other protocols' logins (SFTP: a key
+    checker and the conch avatar) to the same portal.
     """
     async_store = as_async_store(store, pool)
-    realm = FTPRealm(filesystem_factory, async_store)
-    checkers = [PasswordChecker(async_store, pool), CertificateChecker(async_store)]
+    realm = FTPRealm(filesystem_factory, async_store, avatar_builders)
+    checkers = [
+        PasswordChecker(async_store, pool),
+        CertificateChecker(async_store),
+        *extra_checkers,
+    ]
     return Portal(cast(IRealm, realm), cast(list[ICredentialsChecker], checkers))

@@ -27,7 +27,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 TLSMode = Literal["explicit", "implicit"]
 SSLRequirement = Literal["mandatory", "optional"]
 CertificateCheck = Literal["verify", "off"]
-LoginMethod = Literal["certificate", "password", "certificate+password"]
+LoginMethod = Literal[
+    "certificate", "password", "certificate+password", "publickey", "publickey+password"
+]
+ListenProtocol = Literal["ftp", "sftp"]
+_SSH_ONLY = frozenset({"publickey", "publickey+password"})  # login methods FTP never uses
 SessionReuse = Literal["required", "account", "off"]
 UploadMode = Literal["atomic", "resumable"]
 CertificateUser = Literal["common-name", "email", "none"]
@@ -72,6 +76,12 @@ class ListenConfig:
     address: str = "127.0.0.1"
     port: int = 2121
     tls: TLSMode = "explicit"
+    protocol: ListenProtocol = "ftp"  # "sftp": SSH (SPEC section 9); `tls` does not apply
+
+
+@dataclass(frozen=True)
+class SSHConfig:
+    host_keys: tuple[Path, ...] = ()  # OpenSSH private key files
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,7 @@ class Config:
     classes: tuple[ClassConfig, ...] = ()
     proxy: ProxyConfig | None = None  # None: no PROXY header is read
     metrics: MetricsConfig | None = None  # None: no metrics endpoint
+    ssh: SSHConfig = field(default_factory=SSHConfig)
     warnings: tuple[str, ...] = ()  # `warning: KEY: ...` lines found while loading
 
 
@@ -634,7 +645,12 @@ class _Builder:
         return ServerConfig(**values)
 
     def listeners(self, value: object) -> tuple[ListenConfig, ...]:
-        fields = {"address": _ip_address, "port": _port, "tls": _choice(TLSMode)}
+        fields = {
+            "address": _ip_address,
+            "port": _port,
+            "tls": _choice(TLSMode),
+            "protocol": _choice(ListenProtocol),
+        }
         items = self.array_of_tables(value, "listen")
         if isinstance(value, list) and not value:
             self.problems.append("listen: must hold at least one [[listen]] table")
@@ -736,7 +752,7 @@ class _Builder:
                     )
                 names.setdefault(entry.name, key)
             if not bad & {"login", "client_certificate"} and entry.client_certificate == "off":
-                needs = [m for m in entry.login if m != "password"]
+                needs = [m for m in entry.login if m.startswith("certificate")]
                 if needs and "login" not in values:
                     self.problems.append(
                         f'{key}.login: the default ["certificate", "password"] needs '
@@ -767,7 +783,8 @@ class _Builder:
         classes: list[tuple[ClassConfig, set[str]]] = []
         proxy: ProxyConfig | None = None
         metrics: MetricsConfig | None = None
-        sections = ("server", "listen", "passive", "tls", "class", "proxy", "metrics")
+        ssh = SSHConfig()
+        sections = ("server", "listen", "passive", "tls", "class", "proxy", "metrics", "ssh")
         for name, value in data.items():
             if name == "server":
                 server = self.server(value)
@@ -785,12 +802,15 @@ class _Builder:
                 proxy = self.proxy(value)
             elif name == "metrics":
                 metrics = self.metrics(value)
+            elif name == "ssh":
+                ssh = self.ssh(value)
             else:
                 kind = "table" if isinstance(value, dict | list) else "key"
                 self.problems.append(f"{_key(name)}: unknown {kind}{_did_you_mean(name, sections)}")
         if server is None:
             server = self.server_defaults({})
         self.check_tls(tls, tls_bad, listen)
+        self.check_ssh(ssh, listen)
         self.warn_classes(classes, tls, tls_bad)
         if passive_ok:
             self.warn_passive(passive, listen, ephemeral_ports)
@@ -805,10 +825,22 @@ class _Builder:
             classes=tuple(entry for entry, _ in classes),
             proxy=proxy,
             metrics=metrics,
+            ssh=ssh,
             warnings=tuple(self.warnings),
         )
 
+    def ssh(self, value: object) -> SSHConfig:
+        fields = {"host_keys": _array(self.path, allow_empty=False)}
+        result = self.table(value, "ssh", fields)
+        return SSHConfig(**(result[0] if result else {}))
+
     # Checks across keys.
+
+    def check_ssh(self, ssh: SSHConfig, listen: tuple[ListenConfig, ...]) -> None:
+        """An sftp listener needs host keys; `tls` does not apply to it."""
+        for index, listener in enumerate(listen, 1):
+            if listener.protocol == "sftp" and not ssh.host_keys:
+                self.problems.append(f'listen[{index}].protocol: "sftp" needs ssh.host_keys')
 
     def check_tls(self, tls: TLSConfig, bad: set[str], listen: tuple[ListenConfig, ...]) -> None:
         if bad & {"tls", "certificate", "private_key"}:
@@ -819,7 +851,7 @@ class _Builder:
             self.problems.append("tls.certificate: required when tls.private_key is set")
         if tls.certificate is None and tls.private_key is None:
             for index, listener in enumerate(listen, 1):
-                if listener.tls == "implicit":
+                if listener.tls == "implicit" and listener.protocol == "ftp":
                     self.problems.append(
                         f'listen[{index}].tls: "implicit" needs tls.certificate and tls.private_key'
                     )
@@ -856,7 +888,7 @@ class _Builder:
             mandatory = [
                 f"class[{i}] {_quote(e.name)}"
                 for i, (e, b) in enumerate(classes, 1)
-                if not b and e.ssl == "mandatory"
+                if not b and e.ssl == "mandatory" and not set(e.login) <= _SSH_ONLY
             ]
             if mandatory:
                 self.warn(

@@ -57,7 +57,7 @@ from securetransport.tls.verify import (
     verify_certificate,
     with_pins,
 )
-from securetransport.userstore import Account
+from securetransport.userstore import Account, ssh_key_fingerprint
 
 # The reply texts, in one place. `{name}` is the login name as typed (made printable).
 TEXT_NO_CLASS: Final = "No access class for this login"
@@ -271,3 +271,83 @@ def decide_user(
     if status == "failed" and verdict is not None:
         text += TEXT_CERTIFICATE_IGNORED.format(reason=verdict.reason)
     return decision(530, text, "tls-other", None, verdict, status)
+
+
+# --- SSH (SPEC section 9) -----------------------------------------------------------------
+#
+# For an SSH session the class is found as at USER (login name, groups, address); `ssl`
+# and `client_certificate` do not apply. The methods offered after `none` are the
+# class's `login` entries among the SSH ones: "publickey" on the wire for `publickey` or
+# `publickey+password`, "password" for `password`. A key accepted where only
+# `publickey+password` allows it is a partial success, after which only "password" is
+# offered. Unknown and disabled names are judged like an account with no groups.
+
+SSHMethod = Literal["publickey", "publickey+password", "password"]
+SSH_METHODS: Final[tuple[SSHMethod, ...]] = ("publickey", "publickey+password", "password")
+
+
+@dataclass(frozen=True)
+class SSHDecision:
+    """The class for an SSH login and what it allows.
+
+    `methods`: the class's SSH login entries, key first. `offered`: the method names
+    sent after `none` ("publickey", "password"); empty when SSH logins are refused.
+    """
+
+    klass: ClassConfig | None
+    matched: str | None
+    methods: tuple[SSHMethod, ...]
+    offered: tuple[str, ...]
+
+    @property
+    def key_completes(self) -> bool:
+        """A good key alone logs in (`publickey`)."""
+        return "publickey" in self.methods
+
+    @property
+    def key_then_password(self) -> bool:
+        """A good key is a partial success that a password completes."""
+        return "publickey+password" in self.methods and "publickey" not in self.methods
+
+
+def decide_ssh(
+    *, name: str, account: Account | None, address: str, classes: Sequence[ClassConfig]
+) -> SSHDecision:
+    """The class and methods for an SSH login as `name` from `address` (pure)."""
+    if account is not None and (not account.enabled or account.name != name):
+        account = None
+    found = match_class(classes, name, account.groups if account else (), address)
+    if found is None:
+        return SSHDecision(None, None, (), ())
+    login = found.klass.login
+    methods = tuple(m for m in SSH_METHODS if m in login)
+    offered: list[str] = []
+    if "publickey" in methods or "publickey+password" in methods:
+        offered.append("publickey")
+    if "password" in methods:
+        offered.append("password")
+    return SSHDecision(found.klass, found.matched, methods, tuple(offered))
+
+
+# Signature algorithms never accepted for a user key (SHA-1 RSA and DSA).
+REFUSED_KEY_ALGORITHMS: Final = frozenset({"ssh-rsa", "ssh-dss"})
+
+
+def judge_publickey(
+    decision: SSHDecision, account: Account | None, fingerprint: str, algorithm: str
+) -> tuple[bool, str | None]:
+    """Would this key (SHA256 fingerprint, key type) be accepted? (accepted, reason if not).
+
+    For `policy explain`; the server's checker applies the same rules.
+    """
+    if decision.klass is None:
+        return False, "no access class for this login"
+    if "publickey" not in decision.offered:
+        return False, f"class {decision.klass.name} does not allow publickey"
+    if algorithm == "ssh-dss":
+        return False, "DSA keys are refused"
+    if account is None or not account.enabled:
+        return False, "no such enabled account"
+    if fingerprint not in {ssh_key_fingerprint(k) for k in account.ssh_keys}:
+        return False, "key not registered on the account"
+    return True, None

@@ -35,6 +35,8 @@ from securetransport.passwords import VerificationPool
 from securetransport.pgstore import CHANNEL, PostgreSQLUserStore
 from securetransport.proxy import wrap_factory
 from securetransport.runtime import IWorkerRole, ServerRuntime
+from securetransport.sftp.auth import SSHKeyChecker, avatar_builders
+from securetransport.sftp.server import SFTPFactory, load_host_keys
 from securetransport.stores import open_user_store
 from securetransport.tls.context import connection_creator
 from securetransport.tls.material import TLSFileWatch, TLSRuntime, load_tls
@@ -81,6 +83,7 @@ class SecureTransportService(MultiService):
         self._watch: TLSFileWatch | None = None
         self._checks = 0
         self._factories: list[FTPFactory] = []
+        self._sftp_factories: list[Any] = []
         self._account_watch: LoopingCall | None = None
         self._verification: Any = None
         self.metrics: Any = None  # securetransport.metrics.Metrics when [metrics] is set
@@ -123,7 +126,13 @@ class SecureTransportService(MultiService):
                 read_only=account.read_only,
             )
 
-        portal: Portal = make_portal(users, verification, filesystem_for)
+        portal: Portal = make_portal(
+            users,
+            verification,
+            filesystem_for,
+            extra_checkers=[SSHKeyChecker(users, verification, config.classes)],
+            avatar_builders=avatar_builders(),
+        )
         passive_ports: tuple[int, int] = worker.passive_ports if worker else config.passive.ports
         first, last = passive_ports
         runtime = ServerRuntime(
@@ -169,6 +178,8 @@ class SecureTransportService(MultiService):
         self.runtime = self.build_runtime()
         for factory in self._factories:
             factory.server = self.runtime
+        for sftp_factory in self._sftp_factories:
+            sftp_factory.runtime = self.runtime
         self._bind()
         try:
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
@@ -220,6 +231,8 @@ class SecureTransportService(MultiService):
 
     def _listen(self, listen: Any, fd: int | None = None) -> IListeningPort:
         """Listen as `listen` says, or adopt `fd`, a socket the supervisor bound that way."""
+        if listen.protocol == "sftp":
+            return self._listen_sftp(listen, fd)
         # The runtime is given to the factories in startService, before the reactor runs.
         ftp_factory = FTPFactory(self.runtime, implicit=listen.tls == "implicit")  # type: ignore[arg-type]
         self._factories.append(ftp_factory)
@@ -246,6 +259,23 @@ class SecureTransportService(MultiService):
         log.info(
             "serving FTP ({mode} TLS) on {address} port {port}",
             mode=listen.tls,
+            address=listen.address,
+            port=port.getHost().port,  # type: ignore[attr-defined]
+        )
+        return port
+
+    def _listen_sftp(self, listen: Any, fd: int | None) -> IListeningPort:
+        """An SFTP (SSH) listener; the host keys are read here, before privileges drop."""
+        sftp_factory = SFTPFactory(self.runtime, load_host_keys(self.config.ssh.host_keys))
+        self._sftp_factories.append(sftp_factory)
+        factory = self._behind_proxy(sftp_factory)
+        port: IListeningPort
+        if self.worker is None or fd is None:
+            port = self.reactor.listenTCP(listen.port, factory, interface=listen.address)
+        else:
+            port = self.worker.adopt(self.reactor, fd, listen.address, factory)
+        log.info(
+            "serving SFTP on {address} port {port}",
             address=listen.address,
             port=port.getHost().port,  # type: ignore[attr-defined]
         )

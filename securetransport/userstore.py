@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import builtins
+import hashlib
 import os
 import re
 import sqlite3
@@ -39,6 +41,7 @@ class Account:
     certificates: tuple[str, ...] = ()  # pinned SHA-256 fingerprints, 64 lowercase hex digits
     read_only: bool = False
     enabled: bool = True
+    ssh_keys: tuple[str, ...] = ()  # OpenSSH public keys ("TYPE BASE64 [COMMENT]"), SPEC 9
 
     @property
     def home_folder(self) -> str:
@@ -97,6 +100,53 @@ def certificate_fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
+def ssh_key_blob(line: str) -> bytes:
+    """The wire blob of an OpenSSH public key line (`TYPE BASE64 [COMMENT]`).
+
+    ValueError when the line is not one: the base64 must decode and start with TYPE.
+    """
+    parts = line.strip().split()
+    if len(parts) < 2:
+        raise ValueError("not an OpenSSH public key line (TYPE BASE64 [COMMENT])")
+    try:
+        blob = base64.b64decode(parts[1].encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError):
+        raise ValueError("not an OpenSSH public key: bad base64") from None
+    if len(blob) < 4:
+        raise ValueError("not an OpenSSH public key: too short")
+    length = int.from_bytes(blob[:4], "big")
+    if blob[4 : 4 + length] != parts[0].encode("ascii", "replace"):
+        raise ValueError(f"not an OpenSSH public key: the key is not of type {parts[0][:40]!r}")
+    return blob
+
+
+def ssh_key_fingerprint(key: str | bytes) -> str:
+    """OpenSSH's `SHA256:` fingerprint (unpadded base64) of a key line or wire blob."""
+    blob = ssh_key_blob(key) if isinstance(key, str) else key
+    digest = hashlib.sha256(blob).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def normalize_ssh_key(line: str) -> str:
+    """`TYPE BASE64 [COMMENT]` with single spaces; ValueError if it is not a key line."""
+    ssh_key_blob(line)
+    parts = line.strip().split(None, 2)
+    return " ".join(parts)
+
+
+def normalize_ssh_fingerprint(text: str) -> str:
+    """`SHA256:` + 43 base64 characters; the `SHA256:` prefix may be left out."""
+    text = text.strip()
+    body = text[7:] if text[:7].upper() == "SHA256:" else text
+    body = body.rstrip("=")
+    if not _SSH_FINGERPRINT.fullmatch(body):
+        raise ValueError(f"not an SSH SHA-256 fingerprint (SHA256:BASE64): {text[:100]!r}")
+    return "SHA256:" + body
+
+
+_SSH_FINGERPRINT = re.compile(r"[A-Za-z0-9+/]{43}")
+
+
 # --- home folders -------------------------------------------------------------------
 
 
@@ -129,12 +179,25 @@ def _checked(account: Account) -> Account:
     for group in groups:
         if not group or "\0" in group:
             raise UserStoreError(f"invalid group name: {group!r}")
-    return replace(account, groups=groups, certificates=pins, home=normalize_home(account.home))
+    try:
+        keys = tuple(normalize_ssh_key(k) for k in account.ssh_keys)
+    except ValueError as error:
+        raise UserStoreError(str(error)) from None
+    unique: dict[str, str] = {}
+    for key in keys:
+        unique.setdefault(ssh_key_fingerprint(key), key)
+    return replace(
+        account,
+        groups=groups,
+        certificates=pins,
+        home=normalize_home(account.home),
+        ssh_keys=tuple(unique.values()),
+    )
 
 
 # --- SQLite -------------------------------------------------------------------------
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: ssh_keys (a version-1 file gains the table when opened)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
     name TEXT PRIMARY KEY,
@@ -154,6 +217,12 @@ CREATE TABLE IF NOT EXISTS certificates (
     PRIMARY KEY (name, fingerprint)
 );
 CREATE INDEX IF NOT EXISTS certificates_by_fingerprint ON certificates (fingerprint);
+CREATE TABLE IF NOT EXISTS ssh_keys (
+    name TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    PRIMARY KEY (name, fingerprint)
+);
 """
 
 
@@ -219,6 +288,9 @@ class SQLiteUserStore:
         pins = conn.execute(
             "SELECT fingerprint FROM certificates WHERE name = ? ORDER BY rowid", (name,)
         ).fetchall()
+        keys = conn.execute(
+            "SELECT public_key FROM ssh_keys WHERE name = ? ORDER BY rowid", (name,)
+        ).fetchall()
         return Account(
             name=name,
             password_hash=password_hash,
@@ -227,12 +299,14 @@ class SQLiteUserStore:
             certificates=tuple(f for (f,) in pins),
             read_only=bool(read_only),
             enabled=bool(enabled),
+            ssh_keys=tuple(k for (k,) in keys),
         )
 
     @staticmethod
     def _write_details(conn: sqlite3.Connection, account: Account) -> None:
         conn.execute("DELETE FROM groups WHERE name = ?", (account.name,))
         conn.execute("DELETE FROM certificates WHERE name = ?", (account.name,))
+        conn.execute("DELETE FROM ssh_keys WHERE name = ?", (account.name,))
         conn.executemany(
             "INSERT INTO groups (name, grp) VALUES (?, ?)",
             [(account.name, g) for g in account.groups],
@@ -240,6 +314,10 @@ class SQLiteUserStore:
         conn.executemany(
             "INSERT INTO certificates (name, fingerprint) VALUES (?, ?)",
             [(account.name, f) for f in account.certificates],
+        )
+        conn.executemany(
+            "INSERT INTO ssh_keys (name, fingerprint, public_key) VALUES (?, ?, ?)",
+            [(account.name, ssh_key_fingerprint(k), k) for k in account.ssh_keys],
         )
 
     _COLUMNS = "name, password_hash, home, read_only, enabled"

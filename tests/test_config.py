@@ -584,8 +584,8 @@ class ValueTests(SynchronousTestCase):
         )
         self.assertProblem(
             {"class": [{"name": "a", "login": ["password", "otp"]}], "tls": valid_tls()},
-            'class[1].login[2]: must be "certificate", "password" or "certificate+password", '
-            'got "otp"',
+            'class[1].login[2]: must be "certificate", "password", "certificate+password", '
+            '"publickey" or "publickey+password", got "otp"',
         )
         self.assertProblem(
             {"class": [{"name": "a", "login": ["password", "password"]}], "tls": valid_tls()},
@@ -737,8 +737,8 @@ class StructureTests(SynchronousTestCase):
                 'server.umask: must be an octal string such as "027", got "999"',
                 "listen[1].port: must be 1-65535, got 70000",
                 'class[1].ssl: must be "mandatory" or "optional", got "maybe"',
-                'class[2].login[2]: must be "certificate", "password" or "certificate+password", '
-                'got "nope"',
+                'class[2].login[2]: must be "certificate", "password", "certificate+password", '
+                '"publickey" or "publickey+password", got "nope"',
                 "tls.colour: unknown key",
             ],
         )

@@ -79,7 +79,7 @@ class ScanTests(SynchronousTestCase):
         self.assertEqual(run.summary["findings"], [], run.output)
         self.assertTrue(run.summary["passed"])
         self.assertEqual(run.exit_code, 0, run.output)
-        self.assertIn("PASS: no finding on either port", run.output)
+        self.assertIn("PASS: no finding on any port", run.output)
 
     def test_both_ports_were_scanned(self) -> None:
         """sslyze reached two different ports, the explicit one through STARTTLS FTP."""
@@ -212,3 +212,37 @@ class ScanTests(SynchronousTestCase):
         document = {"server_scan_results": [], "invalid_server_strings": ["x: not a host"]}
         with self.assertRaises(rules.SchemaError):
             rules.summarize("explicit", document)
+
+
+class SSHAuditTests(SynchronousTestCase):
+    """ssh-audit on the SFTP port (SPEC section 9): no failure item; the rule reads the
+    real JSON, weakened, so it cannot pass by reading the wrong key."""
+
+    def test_no_failure_and_strict_kex_offered(self) -> None:
+        run = scan_once(self)
+        ssh = run.summary["ssh"]
+        self.assertEqual(ssh["failures"], [])
+        self.assertIn("kex-strict-s-v00@openssh.com", ssh["algorithms"]["kex"])
+        self.assertIn("chacha20-poly1305@openssh.com", ssh["algorithms"]["enc"])
+        for name in ssh["algorithms"]["enc"]:
+            self.assertFalse(name.endswith("-cbc") or "3des" in name, name)
+        self.assertEqual(ssh["algorithms"]["key"], ["ssh-ed25519"])
+
+    def test_a_fail_note_is_a_finding(self) -> None:
+        from scan import ssh_audit
+
+        document = copy.deepcopy(_ssh_raw(scan_once(self)))
+        self.assertEqual(ssh_audit.findings(ssh_audit.summarize(1, document)), [])
+        document["mac"].append(
+            {"algorithm": "hmac-sha1", "notes": {"fail": ["using broken SHA-1 hash algorithm"]}}
+        )
+        found = ssh_audit.findings(ssh_audit.summarize(1, document))
+        self.assertEqual(found, ["ssh mac hmac-sha1: using broken SHA-1 hash algorithm"])
+        document = copy.deepcopy(_ssh_raw(scan_once(self)))
+        document["cves"] = [{"name": "CVE-2023-48795", "description": "Terrapin"}]
+        self.assertEqual(len(ssh_audit.findings(ssh_audit.summarize(1, document))), 1)
+
+
+def _ssh_raw(run: ScanRun) -> dict[str, Any]:
+    """ssh-audit's JSON document as the scan wrote it."""
+    return dict(json.loads(Path(run.summary["ssh"]["raw"]).read_text()))

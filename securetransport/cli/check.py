@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from securetransport.cli import add_config_option, config_path
 from securetransport.config import Config, ConfigError, TLSConfig, load_config
+from securetransport.sftp.server import HostKeyError, load_host_keys
 
 MAX_PEM_BYTES = 1 << 20
 
@@ -54,7 +55,19 @@ def check(path: Path, now: datetime.datetime | None = None) -> tuple[list[str], 
     except ConfigError as error:
         return list(error.problems), list(error.warnings)
     problems, warnings = check_tls_files(config, now)
+    problems += check_host_keys(config)
     return problems, list(config.warnings) + warnings
+
+
+def check_host_keys(config: Config) -> list[str]:
+    """`ssh.host_keys[i]: ...` for each SSH host key file the server could not load."""
+    problems = []
+    for index, path in enumerate(config.ssh.host_keys, 1):
+        try:
+            load_host_keys([path])
+        except HostKeyError as error:
+            problems.append(f"ssh.host_keys[{index}]: {error}")
+    return problems
 
 
 def check_tls_files(

@@ -7,15 +7,25 @@ from pathlib import Path
 
 from securetransport.cli import CommandError, add_config_option
 from securetransport.pki import DEFAULT_DAYS, PKIError, init_pki
+from securetransport.sftp.keys import HOST_KEY_NAME, write_ssh_keys
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    ssh_files = [args.folder / HOST_KEY_NAME] + [args.folder / f"{u}_ed25519" for u in args.users]
+    existing = [p for p in ssh_files if p.exists() or Path(f"{p}.pub").exists()]
+    if existing and not args.force:
+        raise CommandError(f"{existing[0]} exists (use --force to replace it)")
     try:
         written = init_pki(args.folder, args.users, days=args.days, force=args.force)
     except PKIError as error:
         raise CommandError(str(error)) from None
     for path in written:
         print(path)
+    # SSH (SPEC section 9): an ed25519 host key and one key pair per user.
+    write_ssh_keys(args.folder, list(args.users))
+    for path in ssh_files:
+        print(path)
+        print(f"{path}.pub")
     return 0
 
 
@@ -29,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "init",
         help="write ca, server and client certificates",
         description="Write ca.crt/ca.key, server.crt/server.key (localhost, 127.0.0.1, ::1) "
-        "and NAME.crt/NAME.key per --user into DIR. Keys are mode 0600.",
+        "and NAME.crt/NAME.key per --user into DIR; also the SSH host key "
+        "ssh_host_ed25519_key(.pub) and NAME_ed25519(.pub) per --user. Keys are mode 0600.",
     )
     add_config_option(init)
     init.add_argument("folder", metavar="DIR", type=Path, help="where to write the files")

@@ -25,15 +25,17 @@ from securetransport.cli import (
     config_path,
     load_config_or_fail,
 )
+from securetransport.cli.users import read_ssh_key
 from securetransport.client import ClientFacts, normalize_address
 from securetransport.config import Config
-from securetransport.policy import UserDecision, decide_user
+from securetransport.policy import UserDecision, decide_ssh, decide_user, judge_publickey
 from securetransport.stores import open_user_store
 from securetransport.tls.verify import TrustStore, TrustStoreError, load_trust_store
 from securetransport.userstore import (
     Account,
     UserStoreError,
     pinned_by_any_account,
+    ssh_key_fingerprint,
     valid_account_name,
 )
 
@@ -68,6 +70,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="the control channel is protected by TLS (default) or clear (--no-tls)",
+    )
+    explain.add_argument(
+        "--protocol",
+        choices=("ftp", "sftp"),
+        default="ftp",
+        help="ftp (the reply to USER, default) or sftp (the SSH methods offered)",
+    )
+    explain.add_argument(
+        "--key",
+        type=Path,
+        metavar="PUBFILE",
+        help="with --protocol sftp: would this OpenSSH public key be accepted?",
     )
     explain.add_argument("--json", action="store_true", help="print one JSON object")
     explain.set_defaults(func=cmd_explain)
@@ -146,6 +160,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         address = normalize_address(args.address)
     except ValueError:
         raise CommandError(f"--address: not an IP address: {args.address!r}") from None
+    if args.protocol == "sftp":
+        return explain_sftp(args, address)
+    if args.key is not None:
+        raise CommandError("--key: only with --protocol sftp")
     chain = _chain(args.certificate) if args.certificate is not None else None
     config = load_config_or_fail(config_path(args))
     try:
@@ -192,4 +210,45 @@ def cmd_explain(args: argparse.Namespace) -> int:
     else:
         print(f"certificate: {with_certificate.reply} {with_certificate.text}")
     print(f"password: {without.reply} {without.text}")
+    return 0
+
+
+def explain_sftp(args: argparse.Namespace, address: str) -> int:
+    """`policy explain --protocol sftp`: the class, the methods offered and the key's fate,
+    from the functions the server uses (`decide_ssh`, `judge_publickey`)."""
+    if args.certificate is not None:
+        raise CommandError("--certificate: does not apply to --protocol sftp")
+    key = read_ssh_key(args.key) if args.key is not None else None
+    config = load_config_or_fail(config_path(args))
+    account, _ = _account(config, args.name, None)
+    decision = decide_ssh(name=args.name, account=account, address=address, classes=config.classes)
+    verdict: tuple[bool, str | None] | None = None
+    if key is not None:
+        verdict = judge_publickey(decision, account, ssh_key_fingerprint(key), key.split()[0])
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "class": decision.klass.name if decision.klass else None,
+                    "matched": decision.matched,
+                    "methods": list(decision.methods),
+                    "publickey": (
+                        {"accepted": verdict[0], "reason": verdict[1]} if verdict else None
+                    ),
+                }
+            )
+        )
+        return 0
+    if decision.klass is None:
+        print("class: none")
+    else:
+        print(f"class: {decision.klass.name} (matched: {decision.matched})")
+    print(f"methods: {', '.join(decision.methods) if decision.methods else 'none'}")
+    if verdict is not None:
+        accepted, reason = verdict
+        if accepted:
+            then = " (then password)" if decision.key_then_password else ""
+            print(f"publickey: accepted{then}")
+        else:
+            print(f"publickey: refused {reason}")
     return 0

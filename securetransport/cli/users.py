@@ -32,6 +32,9 @@ from securetransport.userstore import (
     UserStoreError,
     certificate_fingerprint,
     normalize_fingerprint,
+    normalize_ssh_fingerprint,
+    normalize_ssh_key,
+    ssh_key_fingerprint,
     valid_account_name,
 )
 
@@ -105,7 +108,18 @@ def describe(account: Account) -> list[str]:
         lines += [f"certificate: {fingerprint}" for fingerprint in account.certificates]
     else:
         lines.append("certificates: -")
+    if account.ssh_keys:
+        lines += [f"ssh key: {ssh_key_summary(key)}" for key in account.ssh_keys]
+    else:
+        lines.append("ssh keys: -")
     return lines
+
+
+def ssh_key_summary(key: str) -> str:
+    """`SHA256:... TYPE [COMMENT]`, as `ssh-keygen -l` shows a key."""
+    parts = key.split(None, 2)
+    comment = f" {parts[2]}" if len(parts) > 2 else ""
+    return f"{ssh_key_fingerprint(key)} {parts[0]}{comment}"
 
 
 def table(accounts: list[Account]) -> list[str]:
@@ -153,6 +167,25 @@ def read_password() -> str:
     if not password:
         raise CommandError("--password-stdin: empty password")
     return password
+
+
+def read_ssh_key(path: Path) -> str:
+    """The OpenSSH public key line in `path` (one key; `ssh-keygen` writes this form)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise CommandError(f"{path}: {reason}") from None
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if len(lines) != 1:
+        raise CommandError(f"{path}: want exactly one OpenSSH public key line")
+    try:
+        key = normalize_ssh_key(lines[0])
+    except ValueError as error:
+        raise CommandError(f"{path}: {error}") from None
+    if key.startswith("ssh-dss "):
+        raise CommandError(f"{path}: DSA keys are refused")
+    return key
 
 
 def read_certificate(path: Path) -> str:
@@ -223,6 +256,7 @@ def cmd_add(args: argparse.Namespace, store: Any, config: Config) -> int:
     groups = tuple(dict.fromkeys(checked_name(g, "group name") for g in args.groups))
     relative, folder = resolve_home(config.server.home_root, args.home or name)
     pins = tuple(dict.fromkeys(read_certificate(path) for path in args.certificates))
+    ssh_keys = tuple(dict.fromkeys(read_ssh_key(path) for path in args.keys))
     password_hash = hash_password(read_password()) if args.password_stdin else None
     if store.get(name) is not None:
         raise CommandError(f"account exists: {name}")
@@ -236,9 +270,16 @@ def cmd_add(args: argparse.Namespace, store: Any, config: Config) -> int:
         home="" if relative == name else relative,
         certificates=pins,
         read_only=args.read_only,
+        ssh_keys=ssh_keys,
     )
     store.add(account)
-    login = "password" if password_hash else "no password: certificate login only"
+    login = (
+        "password"
+        if password_hash
+        else "no password: SSH key or certificate login only"
+        if ssh_keys
+        else "no password: certificate login only"
+    )
     print(f"added {name} (home {folder}, {login})")
     return 0
 
@@ -317,6 +358,32 @@ def cmd_certificate_remove(args: argparse.Namespace, store: Any, config: Config)
 # --- parser -----------------------------------------------------------------------------
 
 
+def cmd_key_add(args: argparse.Namespace, store: Any, config: Config) -> int:
+    key = read_ssh_key(args.pubfile)
+    account = existing(store, args.name)
+    fingerprint = ssh_key_fingerprint(key)
+    if fingerprint in {ssh_key_fingerprint(k) for k in account.ssh_keys}:
+        print(f"{account.name}: {fingerprint} is already there")
+        return 0
+    store.update(replace(account, ssh_keys=(*account.ssh_keys, key)))
+    print(f"{account.name}: added SSH key {fingerprint}")
+    return 0
+
+
+def cmd_key_remove(args: argparse.Namespace, store: Any, config: Config) -> int:
+    try:
+        fingerprint = normalize_ssh_fingerprint(args.fingerprint)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    account = existing(store, args.name)
+    kept = tuple(k for k in account.ssh_keys if ssh_key_fingerprint(k) != fingerprint)
+    if len(kept) == len(account.ssh_keys):
+        raise CommandError(f"{account.name}: no SSH key {fingerprint}")
+    store.update(replace(account, ssh_keys=kept))
+    print(f"{account.name}: removed SSH key {fingerprint}")
+    return 0
+
+
 def _subcommand(
     subparsers: argparse._SubParsersAction,
     name: str,
@@ -362,6 +429,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="pin this login certificate (repeatable)",
     )
     add.add_argument("--read-only", action="store_true", help="no uploads, deletes or renames")
+    add.add_argument(
+        "--key",
+        dest="keys",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PUBFILE",
+        help="add this SSH public key (repeatable)",
+    )
 
     _subcommand(actions, "list", "list the accounts", cmd_list, with_name=False)
     _subcommand(actions, "show", "show one account", cmd_show)
@@ -382,3 +458,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pin.add_argument("pem", metavar="PEM", type=Path, help="certificate file")
     unpin = _subcommand(pins, "remove", "unpin a certificate", cmd_certificate_remove)
     unpin.add_argument("fingerprint", metavar="FINGERPRINT", help="SHA-256, 64 hex digits")
+
+    key = actions.add_parser(
+        "key",
+        help="add or remove SSH public keys",
+        description="SSH public keys of an account (SFTP publickey logins).",
+    )
+    add_config_option(key)
+    key_actions = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    key_add = _subcommand(key_actions, "add", "add the key in an OpenSSH .pub file", cmd_key_add)
+    key_add.add_argument("pubfile", metavar="PUBFILE", type=Path, help="OpenSSH public key file")
+    key_remove = _subcommand(key_actions, "remove", "remove a key", cmd_key_remove)
+    key_remove.add_argument(
+        "fingerprint", metavar="FINGERPRINT", help="SHA256:BASE64, as ssh-keygen -l shows it"
+    )

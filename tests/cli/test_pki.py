@@ -40,7 +40,17 @@ class PKIInitCommandTests(SynchronousTestCase):
             for stem in ("ca", "server", "alice", "bob")
             for ext in ("crt", "key")
         ]
-        self.assertEqual(out.splitlines(), expected)
+        ssh = [
+            f"{self.folder}/{stem}{ext}"
+            for stem in ("ssh_host_ed25519_key", "alice_ed25519", "bob_ed25519")
+            for ext in ("", ".pub")
+        ]
+        self.assertEqual(out.splitlines(), expected + ssh)
+        for line in ssh:
+            wanted = 0o644 if line.endswith(".pub") else 0o600
+            self.assertEqual(stat.S_IMODE(Path(line).stat().st_mode), wanted, line)
+        alice = (self.folder / "alice_ed25519.pub").read_text().split()
+        self.assertEqual((alice[0], alice[2]), ("ssh-ed25519", "alice"))
         for line in expected:
             path = Path(line)
             wanted = 0o600 if line.endswith(".key") else 0o644
