@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from securetransport.cli import add_config_option, config_path
+from securetransport.cli.common import add_config_option, config_path
 from securetransport.config import Config, ConfigError, TLSConfig, load_config
 from securetransport.sftp.server import HostKeyError, load_host_keys
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from securetransport.cli import CommandError, add_config_option, config_path
+from securetransport.cli.common import CommandError, add_config_option, config_path
 from securetransport.config import ConfigError, load_config
+from securetransport.pgstore import upgrade
 from securetransport.userstore import UserStoreError
 
 
@@ -39,7 +40,6 @@ def run_upgrade(args: argparse.Namespace) -> int:
             "server.users: not a PostgreSQL URL (postgresql://...); SQLite stores upgrade"
             " themselves"
         )
-    from securetransport.pgstore import upgrade
 
     try:
         before, after = upgrade(url)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from securetransport.cli import CommandError, add_config_option
+from securetransport.cli.common import CommandError, add_config_option
 from securetransport.pki import DEFAULT_DAYS, PKIError, init_pki
 from securetransport.sftp.keys import HOST_KEY_NAME, write_ssh_keys
 

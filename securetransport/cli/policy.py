@@ -19,7 +19,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from securetransport.cli import (
+from securetransport.cli.common import (
     CommandError,
     add_config_option,
     config_path,

@@ -17,7 +17,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from securetransport.cli import (
+from securetransport.cli.common import (
     CommandError,
     add_config_option,
     config_path,
