@@ -250,6 +250,16 @@ class SecureTransportService(MultiService):
             )
         else:
             factory = ftp_factory
+        return self._serve(listen, fd, factory, f"FTP ({listen.tls} TLS)")
+
+    def _listen_sftp(self, listen: Any, fd: int | None) -> IListeningPort:
+        """An SFTP (SSH) listener; the host keys are read here, before privileges drop."""
+        sftp_factory = SFTPFactory(self.runtime, load_host_keys(self.config.ssh.host_keys))
+        self._sftp_factories.append(sftp_factory)
+        return self._serve(listen, fd, sftp_factory, "SFTP")
+
+    def _serve(self, listen: Any, fd: int | None, factory: Any, what: str) -> IListeningPort:
+        """Listen (or, as a worker, adopt the supervisor's socket) behind `[proxy]`."""
         factory = self._behind_proxy(factory)
         port: IListeningPort
         if self.worker is None or fd is None:
@@ -257,25 +267,8 @@ class SecureTransportService(MultiService):
         else:
             port = self.worker.adopt(self.reactor, fd, listen.address, factory)
         log.info(
-            "serving FTP ({mode} TLS) on {address} port {port}",
-            mode=listen.tls,
-            address=listen.address,
-            port=port.getHost().port,  # type: ignore[attr-defined]
-        )
-        return port
-
-    def _listen_sftp(self, listen: Any, fd: int | None) -> IListeningPort:
-        """An SFTP (SSH) listener; the host keys are read here, before privileges drop."""
-        sftp_factory = SFTPFactory(self.runtime, load_host_keys(self.config.ssh.host_keys))
-        self._sftp_factories.append(sftp_factory)
-        factory = self._behind_proxy(sftp_factory)
-        port: IListeningPort
-        if self.worker is None or fd is None:
-            port = self.reactor.listenTCP(listen.port, factory, interface=listen.address)
-        else:
-            port = self.worker.adopt(self.reactor, fd, listen.address, factory)
-        log.info(
-            "serving SFTP on {address} port {port}",
+            "serving {what} on {address} port {port}",
+            what=what,
             address=listen.address,
             port=port.getHost().port,  # type: ignore[attr-defined]
         )
