@@ -31,6 +31,9 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from securetransport.passwords import VerificationPool
+from securetransport.runtime import ServerRuntime
+
 log = Logger(namespace="securetransport.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -107,23 +110,28 @@ class Metrics:
             self.transfer_bytes.labels(direction, protocol).inc(int(fields.get("bytes") or 0))
 
     # -- gauges from the runtime --------------------------------------------------------------
-    def refresh(self, runtime: Any, password_pool: Any = None, links_up: int = 0) -> None:
+    def refresh(
+        self,
+        runtime: ServerRuntime,
+        password_pool: VerificationPool | None = None,
+        links_up: int = 0,
+    ) -> None:
         """Set the gauges from the runtime's state now."""
         counts: dict[tuple[str, str], int] = {}
         for session in list(runtime.open_sessions):
-            klass = getattr(session, "klass", None)
-            key = (str(getattr(session, "protocol", "ftp")), klass.name if klass else "none")
+            klass = session.klass
+            key = (str(session.protocol), klass.name if klass else "none")
             counts[key] = counts.get(key, 0) + 1
         for key in self._session_labels - counts.keys():
             self.sessions_open.labels(*key).set(0)
         for key, count in counts.items():
             self.sessions_open.labels(*key).set(count)
         self._session_labels |= counts.keys()
+        # The shared (workers) guard keeps no list of bans: the gauge stays 0 there.
         active = getattr(runtime.guard, "active_bans", None)
         if active is not None:
             self.bans_active.set(active(runtime.reactor.seconds()))
-        pending = getattr(password_pool, "pending", None)
-        self.password_queue.set(pending if isinstance(pending, int) else 0)
+        self.password_queue.set(password_pool.pending if password_pool is not None else 0)
         self.edge_links_up.set(links_up)
         self.draining.set(1 if runtime.draining else 0)
 

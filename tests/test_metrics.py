@@ -96,9 +96,9 @@ class ObserveTests(SynchronousTestCase):
         guard.record_failure("192.0.2.1", "x", now=100.0)
         runtime = SimpleNamespace(
             open_sessions=[
-                SimpleNamespace(klass=SimpleNamespace(name="partners")),
-                SimpleNamespace(klass=SimpleNamespace(name="partners")),
-                SimpleNamespace(klass=None),
+                SimpleNamespace(protocol="ftp", klass=SimpleNamespace(name="partners")),
+                SimpleNamespace(protocol="ftp", klass=SimpleNamespace(name="partners")),
+                SimpleNamespace(protocol="ftp", klass=None),
             ],
             guard=guard,
             reactor=SimpleNamespace(seconds=lambda: 150.0),
