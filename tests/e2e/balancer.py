@@ -27,6 +27,7 @@ from hardening.server import DEFAULT_CLASSES, PASSWORD, free_port, twistd_path
 from securetransport.passwords import hash_password
 from securetransport.pgstore import PostgreSQLUserStore, upgrade
 from securetransport.pki import init_pki
+from securetransport.sftp.keys import write_ssh_keys
 from securetransport.userstore import Account
 
 CLIENT = "127.0.0.5"  # the clients' source address
@@ -69,6 +70,7 @@ class Node:
         self.name = name
         self.address = address
         self.port = free_port(address)
+        self.sftp_port = free_port(address)
         self.metrics_port = free_port(address)
         self.passive = (passive_first, passive_first + SLICE - 1)
         self.config_path = cluster.root / f"{name}.toml"
@@ -90,6 +92,14 @@ shutdown_grace = 30
 address = "{self.address}"
 port = {self.port}
 tls = "explicit"
+
+[[listen]]
+address = "{self.address}"
+port = {self.sftp_port}
+protocol = "sftp"
+
+[ssh]
+host_keys = ["pki/ssh_host_ed25519_key"]
 
 [passive]
 ports = "{self.passive[0]}-{self.passive[1]}"
@@ -174,6 +184,7 @@ class Cluster:
         self.root.mkdir(parents=True, exist_ok=True)
         self.pki = self.root / "pki"
         init_pki(self.pki, list(users))
+        write_ssh_keys(self.pki, list(users))  # the nodes' SFTP host key
         upgrade(url)
         store = PostgreSQLUserStore(url)
         try:
@@ -192,6 +203,7 @@ class Cluster:
             Node(self, "b", "127.0.0.3", first + SLICE),
         ]
         self.port = free_port(BALANCER)
+        self.sftp_port = free_port(BALANCER)
         self.haproxy_config = self.root / "haproxy.cfg"
         self.haproxy: subprocess.Popen[bytes] | None = None
 
@@ -217,6 +229,10 @@ class Cluster:
     def write_haproxy_config(self) -> None:
         servers = "\n".join(
             f"    server {n.name} {n.address}:{n.port} check port {n.metrics_port}"
+            for n in self.nodes
+        )
+        sftp_servers = "\n".join(
+            f"    server {n.name} {n.address}:{n.sftp_port} check port {n.metrics_port}"
             for n in self.nodes
         )
         passive = "\n".join(
@@ -252,6 +268,16 @@ backend nodes
     option httpchk GET /health
     default-server inter 300ms fall 2 rise 2 send-proxy-v2
 {servers}
+
+frontend sftp
+    bind {BALANCER}:{self.sftp_port}
+    default_backend sftp_nodes
+
+backend sftp_nodes
+    balance roundrobin
+    option httpchk GET /health
+    default-server inter 300ms fall 2 rise 2 send-proxy-v2
+{sftp_servers}
 {passive}
 """
         )

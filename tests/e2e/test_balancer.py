@@ -112,6 +112,46 @@ class SpreadAndReuse(BalancedCluster):
         self.assertEqual([e["client"] for e in starts[earlier:]], [CLIENT])  # not 10.9.9.9
 
 
+class SFTPThroughTheBalancer(BalancedCluster):
+    def test_sftp_sessions_spread_over_both_nodes_on_shared_accounts(self) -> None:
+        """paramiko from CLIENT through HAProxy's SFTP frontend: the password account in
+        PostgreSQL logs in on both nodes, files written through one node are read through
+        the other (SHA-256), and each node sees the client's real address (PROXY v2)."""
+        import paramiko
+
+        payload = random_file(self.work / "sftp-up.bin", 2 << 20)
+        before = [self.sessions(n) for n in self.cluster.nodes]
+        for index in range(4):
+            sock = socket.create_connection(
+                (BALANCER, self.cluster.sftp_port), timeout=20, source_address=(CLIENT, 0)
+            )
+            transport = paramiko.Transport(sock)
+            try:
+                transport.connect(username="alice", password=PASSWORD)
+                sftp = paramiko.SFTPClient.from_transport(transport)
+                assert sftp is not None
+                if index == 0:
+                    sftp.put(str(self.work / "sftp-up.bin"), "sftp-up.bin")
+                target = self.work / f"sftp-down-{index}.bin"
+                sftp.get("sftp-up.bin", str(target))
+                self.assertEqual(sha256_file(target), payload)
+                sftp.close()
+            finally:
+                transport.close()
+        self.assertEqual(sha256_file(self.cluster.home / "alice" / "sftp-up.bin"), payload)
+        after = [self.sessions(n) for n in self.cluster.nodes]
+        new = [n - b for n, b in zip(after, before, strict=True)]
+        self.assertEqual(sum(new), 4)
+        self.assertGreater(min(new), 0, new)  # round robin: both nodes served SFTP
+        for node in self.cluster.nodes:
+            events = self.cluster.audit(node)
+            logins = [e for e in events if e.get("event") == "login"]
+            self.assertTrue(logins, node.name)
+            self.assertTrue(all(e.get("protocol") == "sftp" for e in logins), logins)
+            starts = [e for e in events if e.get("event") == "session-start"]
+            self.assertEqual({e["client"] for e in starts}, {CLIENT})
+
+
 class NodeFailures(BalancedCluster):
     def test_sigterm_node_finishes_its_transfer_and_takes_no_new_one(self) -> None:
         digest = self.put("big.bin", 12 << 20)
