@@ -74,7 +74,7 @@ class IControlChannel(Interface):
         reuse: SessionReuse | None, report: DataReport, timeout: float
     ) -> tuple[DataChannel, int]:
         """Listen for one data connection from the client's address; the set-up and
-        the port. `reuse`: the class's session_reuse for protected data, None for clear.
+        the port (or a Deferred firing with them: an edge opens the port at its end). `reuse`: the class's session_reuse for protected data, None for clear.
         Raises ftp.passive.NoPassivePort when no port is free."""
 
     def active_data(
