@@ -71,6 +71,7 @@ class SecureTransportService(MultiService):
         self.cluster: Any = None  # securetransport.cluster.ClusterGuard on PostgreSQL
         self._listener: Any = None
         self._resync: LoopingCall | None = None
+        self.edge_dialers: list[Any] = []  # securetransport.edge.server_side.EdgeDialer
 
     def build_runtime(self) -> ServerRuntime:
         from securetransport.auth import make_portal
@@ -171,6 +172,10 @@ class SecureTransportService(MultiService):
         if self.config.tls.enabled:
             self._watch = TLSFileWatch(self.config, self.reactor, self.reload, self._tick)
             self._watch.start()
+        if self.config.edges:
+            from securetransport.edge.server_side import start_dialers
+
+            self.edge_dialers = start_dialers(self.reactor, self.runtime, self.config)
 
     def end_sessions_of_disabled_accounts(self) -> defer.Deferred[None]:
         """Sessions of accounts that were disabled or removed since their login end (421)."""
@@ -403,6 +408,9 @@ class SecureTransportService(MultiService):
             runtime.draining = True
             runtime.passive.closed = True
             d.addCallback(lambda _: self.drain(runtime, self.config.server.shutdown_grace))
+        if self.edge_dialers:
+            dialers, self.edge_dialers = self.edge_dialers, []
+            d.addCallback(lambda _: defer.gatherResults([x.stop() for x in dialers]))
 
         def stop_pools(_: object) -> None:
             if self._metrics_refresh is not None and self._metrics_refresh.running:

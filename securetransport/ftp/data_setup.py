@@ -72,7 +72,12 @@ class DataSetupCommands:
         if session.state.epsv_all:
             session.reply(Reply.BAD_SEQUENCE, "EPSV ALL in effect; use EPSV")
             return None
-        announced = session.config.passive.address or normalize_address(session.channel.local_host)
+        # Through an edge, the edge's own passive address (section 8) comes first.
+        announced = (
+            getattr(session.channel, "announced", "")
+            or session.config.passive.address
+            or normalize_address(session.channel.local_host)
+        )
         if ":" in announced:
             session.reply(Reply.NOT_IMPLEMENTED_PARAMETER, "PASV is for IPv4; use EPSV")
             return None

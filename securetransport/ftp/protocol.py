@@ -124,6 +124,7 @@ class FTPSession(Protocol):
         self.channel = channel
         session_id = f"{channel.peer}:{channel.peer_port}-{int(time.time() * 1000) % 10**9}"
         session = Session(self.server, channel, self.implicit, session_id)
+        session.audit.via = channel.via
         self.session = session
         self.engine = Engine(session)
         if self.server.guard.is_banned(session.peer, self.server.reactor.seconds()):

@@ -1,0 +1,130 @@
+"""Clients through an edge (SPEC section 8): real TLS, real sockets, loopback only."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+from typing import Any
+
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from securetransport.edge.settings import settings_digest
+from tests.e2e.harness import in_thread
+from tests.edge.harness import EDGE_HOST, EdgeSetup
+
+
+def _read_reply(sock: socket.socket) -> str:
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode()
+
+
+class EdgeControlTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:  # type: ignore[override]
+        self.setup = EdgeSetup(self)
+        yield self.setup.start()
+
+    def test_settings_applied_with_the_servers_digest(self) -> None:
+        """The edge applied the server's settings: same digest as `check` computes."""
+        self.assertEqual(self.setup.edge.digest, settings_digest(self.setup.server.config))
+
+    @defer.inlineCallbacks
+    def test_explicit_password_login_and_transfers(self) -> Any:
+        payload = os.urandom(3 * 1024 * 1024 + 17)
+
+        def run() -> tuple[str | None, str, str, str]:
+            ftp = self.setup.ftps()
+            welcome = ftp.welcome
+            stored = ftp.storbinary("STOR big.bin", io.BytesIO(payload))
+            digest = hashlib.sha256()
+            retrieved = ftp.retrbinary("RETR big.bin", digest.update)
+            ftp.quit()
+            return welcome, stored, retrieved, digest.hexdigest()
+
+        welcome, stored, retrieved, digest = yield in_thread(run)
+        self.assertTrue(welcome and welcome.startswith("220"), welcome)
+        self.assertTrue(stored.startswith("226"), stored)
+        self.assertTrue(retrieved.startswith("226"), retrieved)
+        self.assertEqual(digest, hashlib.sha256(payload).hexdigest())
+        on_disk = (self.setup.server.home() / "big.bin").read_bytes()
+        self.assertEqual(hashlib.sha256(on_disk).hexdigest(), hashlib.sha256(payload).hexdigest())
+        # The edge's working folder holds no uploaded bytes.
+        for path in self.setup.root.rglob("*"):
+            if path.is_file():
+                self.assertNotIn(payload[:4096], path.read_bytes())
+
+    @defer.inlineCallbacks
+    def test_certificate_login_232_implicit(self) -> Any:
+        def run() -> list[str]:
+            ftp = self.setup.ftps(implicit=True, certificate="alice", password=None)
+            listing: list[str] = []
+            ftp.retrlines("NLST", listing.append)
+            pwd = ftp.pwd()
+            ftp.quit()
+            return [pwd, *listing]
+
+        result = yield in_thread(run)
+        self.assertEqual(result[0], "/")
+
+    @defer.inlineCallbacks
+    def test_audit_names_the_edge_and_the_real_address(self) -> Any:
+        yield in_thread(lambda: self.setup.ftps().quit())
+        starts = [e for e in self.setup.server.audit_events() if e.get("event") == "session-start"]
+        self.assertTrue(starts)
+        self.assertEqual(starts[-1]["via"], "edge:dmz1")
+        self.assertEqual(starts[-1]["client"], "127.0.0.1")
+
+    @defer.inlineCallbacks
+    def test_pipelined_after_auth_is_dropped(self) -> Any:
+        """USER pipelined after AUTH TLS in the same packet is never executed."""
+
+        def run() -> tuple[str, str]:
+            import ssl
+
+            sock = socket.create_connection((EDGE_HOST, self.setup.explicit_port), timeout=10)
+            _read_reply(sock)
+            sock.sendall(b"AUTH TLS\r\nUSER alice\r\n")
+            auth = _read_reply(sock)
+            context = self.setup.client_context()
+            tls = context.wrap_socket(sock, server_hostname=EDGE_HOST)
+            tls.sendall(b"PWD\r\n")
+            reply = _read_reply(tls)  # type: ignore[arg-type]
+            tls.close()
+            del ssl
+            return auth, reply
+
+        auth, reply = yield in_thread(run)
+        self.assertTrue(auth.startswith("234"), auth)
+        self.assertTrue(reply.startswith("530"), reply)  # not logged in, no pending USER
+
+    @defer.inlineCallbacks
+    def test_no_link_421_explicit_closed_implicit(self) -> Any:
+        for dialer in self.setup.server.service.edge_dialers:
+            dialer.stop()
+        yield self.setup.wait_for(lambda: not self.setup.edge.idle)
+
+        def run() -> tuple[str, bytes]:
+            sock = socket.create_connection((EDGE_HOST, self.setup.explicit_port), timeout=10)
+            reply = _read_reply(sock)
+            sock.close()
+            implicit = socket.create_connection((EDGE_HOST, self.setup.implicit_port), timeout=10)
+            try:
+                seen = implicit.recv(100)
+            except ConnectionResetError:
+                seen = b""
+            implicit.close()
+            return reply, seen
+
+        reply, seen = yield in_thread(run)
+        self.assertTrue(reply.startswith("421"), reply)
+        self.assertEqual(seen, b"")
