@@ -6,13 +6,15 @@ import hashlib
 import io
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
+from hardening.server import PASSWORD
 from securetransport.edge.settings import settings_digest
-from tests.e2e.harness import in_thread
+from tests.e2e.harness import in_thread, random_file, run_tool, sha256_file
 from tests.edge.harness import EDGE_HOST, EdgeSetup
 
 
@@ -128,3 +130,107 @@ class EdgeControlTests(TestCase):
         reply, seen = yield in_thread(run)
         self.assertTrue(reply.startswith("421"), reply)
         self.assertEqual(seen, b"")
+
+
+class EdgeRealClientsTests(TestCase):
+    """lftp (GnuTLS) and curl (OpenSSL) through the edge."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:  # type: ignore[override]
+        self.setup = EdgeSetup(self)
+        yield self.setup.start()
+        self.work = Path(self.mktemp()).absolute()
+        self.work.mkdir(parents=True)
+
+    def lftp(self, commands: str, *, certificate: bool) -> list[str]:
+        pki = self.setup.pki
+        settings = [
+            "set net:max-retries 1",
+            "set net:timeout 20",
+            "set cmd:fail-exit yes",
+            f"set ssl:ca-file {pki / 'ca.crt'}",
+            "set ftp:ssl-force yes",
+            "set ftp:ssl-auth TLS",
+            "set ftp:ssl-protect-data yes",
+            "set ftp:passive-mode yes",
+            "set xfer:clobber yes",
+        ]
+        login = f"alice,{PASSWORD}"
+        if certificate:
+            settings += [
+                f"set ssl:cert-file {pki / 'alice.crt'}",
+                f"set ssl:key-file {pki / 'alice.key'}",
+            ]
+            login = "alice,"
+        url = f"ftp://{EDGE_HOST}:{self.setup.explicit_port}"
+        return ["-d", "-c", "; ".join(settings) + f"; open -u {login} {url}; {commands}; bye"]
+
+    @defer.inlineCallbacks
+    def test_lftp_certificate_login_mirror_both_ways(self) -> Any:
+        tree = self.work / "tree"
+        digests = {}
+        for name, size in {"one.txt": 1000, "sub/two.bin": 700_000, "sub/three.bin": 5}.items():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            digests[name] = random_file(tree / name, size)
+        out, err, code = yield run_tool(
+            "lftp", self.lftp(f"mirror -R {tree} /tree", certificate=True), path=self.work
+        )
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"<--- 232 ", out + err)  # logged in by its certificate, no PASS sent
+        self.assertNotIn(b"---> PASS", out + err)
+        for name, digest in digests.items():
+            self.assertEqual(sha256_file(self.setup.server.home() / "tree" / name), digest)
+        back = self.work / "back"
+        out, err, code = yield run_tool(
+            "lftp", self.lftp(f"mirror /tree {back}", certificate=True), path=self.work
+        )
+        self.assertEqual(code, 0, err)
+        for name, digest in digests.items():
+            self.assertEqual(sha256_file(back / name), digest)
+
+    def curl(self, url: str, *extra: str) -> list[str]:
+        return [
+            "--silent",
+            "--show-error",
+            "--max-time",
+            "60",
+            "--cacert",
+            str(self.setup.pki / "ca.crt"),
+            "--user",
+            f"alice:{PASSWORD}",
+            "--ftp-pasv",
+            *extra,
+            url,
+        ]
+
+    @defer.inlineCallbacks
+    def test_curl_explicit_and_implicit_both_ways(self) -> Any:
+        source = self.work / "up.bin"
+        digest = random_file(source, 2_000_003)
+        explicit = f"ftp://{EDGE_HOST}:{self.setup.explicit_port}/"
+        implicit = f"ftps://{EDGE_HOST}:{self.setup.implicit_port}/"
+        out, err, code = yield run_tool(
+            "curl", self.curl(explicit + "up.bin", "--ssl-reqd", "-T", str(source))
+        )
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sha256_file(self.setup.server.home() / "up.bin"), digest)
+        back = self.work / "back.bin"
+        out, err, code = yield run_tool("curl", self.curl(implicit + "up.bin", "-o", str(back)))
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sha256_file(back), digest)
+        out, err, code = yield run_tool(
+            "curl",
+            self.curl(
+                implicit + "cert.bin",
+                "--cert",
+                str(self.setup.pki / "alice.crt"),
+                "--key",
+                str(self.setup.pki / "alice.key"),
+                "-T",
+                str(source),
+            ),
+        )
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sha256_file(self.setup.server.home() / "cert.bin"), digest)
