@@ -134,6 +134,7 @@ class EdgeControl(Protocol):
         self.closed = False
 
     def connectionMade(self) -> None:
+        self.edge.clients.add(self)
         peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
         self.peer = normalize_address(peer.host)
         link = self.edge.take_link()
@@ -231,6 +232,7 @@ class EdgeControl(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closed = True
+        self.edge.clients.discard(self)
         for passive in list(self.passive.values()):
             passive.drop_listener()
         link, self.link = self.link, None
@@ -440,6 +442,7 @@ class EdgeService(MultiService):
         self.digest: str | None = None
         self.idle: list[EdgeLink] = []
         self.links: set[EdgeLink] = set()
+        self.clients: set[EdgeControl] = set()
         self.ports: list[IListeningPort] = []
         first, last = config.passive.ports
         self.passive = PassivePortProvider(reactor, first, last)
@@ -508,6 +511,9 @@ class EdgeService(MultiService):
 
         results = [d for d in (port.stopListening() for port in self.ports) if d is not None]
         self.ports = []
+        for client in list(self.clients):
+            if client.transport is not None:
+                client.transport.abortConnection()  # type: ignore[attr-defined]
         results += [link.gone for link in self.links]
         for link in list(self.links):
             if link.transport is not None:

@@ -6,10 +6,12 @@ import hashlib
 import io
 import os
 import socket
+import ssl
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
+from twisted.internet.threads import blockingCallFromThread
 from twisted.trial.unittest import TestCase
 
 from hardening.server import PASSWORD
@@ -234,3 +236,103 @@ class EdgeRealClientsTests(TestCase):
         )
         self.assertEqual(code, 0, err)
         self.assertEqual(sha256_file(self.setup.server.home() / "cert.bin"), digest)
+
+
+class EdgeFailureTests(TestCase):
+    """The server gone mid-transfer, a wrong link certificate."""
+
+    timeout = 60
+
+    def kill_links(self, setup: EdgeSetup) -> None:
+        """Cut every link connection at once (as when the server dies): RST, no goodbye."""
+        for dialer in setup.server.service.edge_dialers:
+            dialer.running = False
+            for link in list(dialer.links):
+                link.transport.abortConnection()
+
+    def data_socket(self, setup: EdgeSetup, ftp: Any) -> ssl.SSLSocket:
+        host, port = ftp.makepasv()
+        raw = socket.create_connection((EDGE_HOST, port), timeout=20)
+        return ftp.context.wrap_socket(
+            raw, server_hostname=EDGE_HOST, session=ftp.sock.session, suppress_ragged_eofs=False
+        )
+
+    @defer.inlineCallbacks
+    def test_download_cut_without_close_notify_and_421(self) -> Any:
+        setup = EdgeSetup(self)
+        yield setup.start()
+        (setup.server.home() / "big.bin").write_bytes(os.urandom(32 * 1024 * 1024))
+
+        def run() -> tuple[str, int, str]:
+            ftp = setup.ftps()
+            data = self.data_socket(setup, ftp)
+            ftp.putcmd("RETR big.bin")
+            preliminary = ftp.getresp()
+            received = len(data.recv(65536))
+            blockingCallFromThread(reactor, self.kill_links, setup)
+            ending = "clean"
+            try:
+                while True:
+                    chunk = data.recv(1 << 20)
+                    if not chunk:
+                        break
+                    received += len(chunk)
+            except ssl.SSLEOFError:
+                ending = "truncated"
+            except OSError:
+                ending = "reset"
+            data.close()
+            try:
+                reply = ftp.getline()
+            except OSError as error:
+                reply = f"error {error}"
+            return preliminary, received, f"{ending} {reply}"
+
+        preliminary, received, result = yield in_thread(run)
+        self.assertTrue(preliminary.startswith("150"), preliminary)
+        self.assertLess(received, 32 * 1024 * 1024)
+        ending, reply = result.split(" ", 1)
+        self.assertIn(ending, ("truncated", "reset"))
+        self.assertTrue(reply.startswith("421"), reply)
+
+    @defer.inlineCallbacks
+    def test_upload_never_published(self) -> Any:
+        setup = EdgeSetup(self)
+        yield setup.start()
+        (setup.server.home() / "kept.bin").write_bytes(b"old version")
+
+        def run() -> str:
+            ftp = setup.ftps()
+            data = self.data_socket(setup, ftp)
+            ftp.putcmd("STOR kept.bin")
+            preliminary = ftp.getresp()
+            data.sendall(os.urandom(2 * 1024 * 1024))
+            blockingCallFromThread(reactor, self.kill_links, setup)
+            data.close()
+            return preliminary
+
+        preliminary = yield in_thread(run)
+        self.assertTrue(preliminary.startswith("150"), preliminary)
+        yield setup.wait_for(lambda: not setup.server.runtime.open_sessions)
+        self.assertEqual((setup.server.home() / "kept.bin").read_bytes(), b"old version")
+        self.assertEqual(sorted(p.name for p in setup.server.home().iterdir()), ["kept.bin"])
+
+    @defer.inlineCallbacks
+    def test_wrong_link_certificate_refused(self) -> Any:
+        """The server's [[edge]].ca is not the link CA: no link, no settings, 421 at the edge."""
+        setup = EdgeSetup(self, edge_ca="ca.crt")
+        setup.start_edge()
+        setup.server.start()
+        yield task.deferLater(reactor, 1.5, lambda: None)
+        self.assertIsNone(setup.edge.contexts)
+        self.assertEqual(setup.edge.idle, [])
+        self.assertFalse(any(d.was_up for d in setup.server.service.edge_dialers))
+
+        def run() -> str:
+            sock = socket.create_connection((EDGE_HOST, setup.explicit_port), timeout=10)
+            reply = _read_reply(sock)
+            sock.close()
+            return reply
+
+        reply = yield in_thread(run)
+        self.assertTrue(reply.startswith("421"), reply)
