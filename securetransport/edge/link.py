@@ -101,16 +101,23 @@ class FrameDecoder:
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[tuple[Frame, bytes]]:
+        """The complete frames so far. A bad header raises FrameError, once the frames
+        before it have been returned (the next call raises)."""
         self._buffer += data
         frames: list[tuple[Frame, bytes]] = []
         while len(self._buffer) >= HEADER.size:
             length, kind = HEADER.unpack_from(self._buffer)
-            if length > MAX_PAYLOAD:
-                raise FrameError(f"frame of {length} bytes is over {MAX_PAYLOAD}")
             try:
-                frame = Frame(kind)
-            except ValueError:
-                raise FrameError(f"unknown frame type {kind}") from None
+                if length > MAX_PAYLOAD:
+                    raise FrameError(f"frame of {length} bytes is over {MAX_PAYLOAD}")
+                try:
+                    frame = Frame(kind)
+                except ValueError:
+                    raise FrameError(f"unknown frame type {kind}") from None
+            except FrameError:
+                if frames:
+                    return frames
+                raise
             end = HEADER.size + length
             if len(self._buffer) < end:
                 break
@@ -273,23 +280,27 @@ class LinkProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self._last_heard = self.reactor.seconds()
-        try:
-            frames = self.decoder.feed(data)
-        except FrameError as error:
-            log.warn("link protocol error: {error}", error=error)
-            self.link_dead()
-            return
-        for kind, payload in frames:
-            if self.lost:
-                return
-            if kind is Frame.PING:
-                continue
+        while not self.lost:
             try:
-                self.frame_received(kind, payload)
+                frames = self.decoder.feed(data)
             except FrameError as error:
                 log.warn("link protocol error: {error}", error=error)
                 self.link_dead()
                 return
+            if not frames:
+                return
+            data = b""
+            for kind, payload in frames:
+                if self.lost:
+                    return
+                if kind is Frame.PING:
+                    continue
+                try:
+                    self.frame_received(kind, payload)
+                except FrameError as error:
+                    log.warn("link protocol error: {error}", error=error)
+                    self.link_dead()
+                    return
 
     def frame_received(self, kind: Frame, payload: bytes) -> None:
         raise NotImplementedError
