@@ -68,6 +68,7 @@ class Frame(enum.IntEnum):
     CLOSE = 11  # both: {"how": "clean"|"abort"} (S) / {"clean": bool} (E)
     PING = 12  # both, any time: resets the peer's heartbeat deadline
     REFUSED = 13  # E: {"reason"}: the edge refused the link connection (before use)
+    CONNECT = 14  # S: {"token", "host", "port", "reuse", "timeout", "direction"}: PORT/EPRT
 
 
 class FrameError(Exception):

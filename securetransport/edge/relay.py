@@ -187,6 +187,8 @@ class EdgeControl(Protocol):
             transport.startTLS(connection_creator(self.context))
         elif kind is Frame.LISTEN:
             self._listen(decode_json(payload))
+        elif kind is Frame.CONNECT:
+            self._connect(decode_json(payload))
         elif kind is Frame.UNLISTEN:
             passive = self.passive.get(str(decode_json(payload).get("token")))
             if passive is not None:
@@ -219,6 +221,27 @@ class EdgeControl(Protocol):
         self.passive[token] = passive
         self.link.send_json(Frame.LISTENING, {"token": token, "port": passive.port})
 
+    def _connect(self, value: dict[str, Any]) -> None:
+        """PORT/EPRT: the server validated the target; the edge connects from its address."""
+        token = str(value.get("token", ""))
+        reuse: SessionReuse | None = value.get("reuse") if value.get("protected") else None
+        try:
+            target = (str(value["host"]), int(value["port"]))
+        except (KeyError, ValueError) as error:
+            raise FrameError(f"bad CONNECT: {error}") from None
+        try:
+            active = EdgePassive(
+                self,
+                token,
+                reuse,
+                float(value.get("timeout", 120)),
+                target=target,
+                direction=value.get("direction"),
+            )
+        except NoPassivePort:
+            return  # the server's own timeout answers 425
+        self.passive[token] = active
+
     def link_lost(self) -> None:
         """The server is gone: 421, and every relayed data connection cut."""
         self.link = None
@@ -248,7 +271,13 @@ class EdgePassive:
     binding check, then the relay on a link connection of its own."""
 
     def __init__(
-        self, control: EdgeControl, token: str, reuse: SessionReuse | None, timeout: float
+        self,
+        control: EdgeControl,
+        token: str,
+        reuse: SessionReuse | None,
+        timeout: float,
+        target: tuple[str, int] | None = None,
+        direction: str | None = None,
     ) -> None:
         self.control = control
         self.token = token
@@ -275,9 +304,15 @@ class EdgePassive:
             tls = DataTLS(creator, check)
         self.channel = DataChannel(edge.reactor, control.peer, tls, timeout)
         interface = control.local[0]
-        self.port = self.channel.listen_passive(
-            lambda factory: edge.passive.listen(factory, interface)
-        )
+        self.port = 0
+        if target is None:
+            self.port = self.channel.listen_passive(
+                lambda factory: edge.passive.listen(factory, interface)
+            )
+        else:
+            self.channel.set_active(target[0], target[1], interface)
+        if direction is not None:
+            self.channel.expect(direction)
         self.channel.open().addCallbacks(self._ready, self._failed)
 
     def _take_link(self, connection: DataConnection | None) -> EdgeLink | None:
@@ -309,17 +344,26 @@ class EdgePassive:
         self.data.start()
 
     def _failed(self, failure: Failure) -> None:
+        """The set-up failed at the edge: tell the server as a local one would learn it."""
         self.control.passive.pop(self.token, None)
         error = failure.value
-        if isinstance(error, DataError) and error.code == 522 and self.info is not None:
-            link = self._take_link(None)
-            if link is not None:
-                link.client = _Closed()
-                link.send_json(
-                    Frame.DATA_TLS, {"info": info_to_json(self.info), "problem": error.text}
+        if not isinstance(error, DataError):
+            return
+        if self.channel.connection is None:
+            if self.port == 0 and self.control.link is not None:  # PORT/EPRT: no connection
+                self.control.link.send_json(
+                    Frame.LISTENING, {"token": self.token, "error": error.text}
                 )
-                link.send_json(Frame.CLOSE, {"clean": False})
-                link.close()
+            return  # passive: the server's own timeout answers
+        link = self._take_link(None)
+        if link is None:
+            return
+        link.client = _Closed()
+        if error.code == 522 and self.info is not None:  # the binding check refused it
+            link.send_json(Frame.DATA_TLS, {"info": info_to_json(self.info), "problem": error.text})
+        # Otherwise the handshake failed or the client left first: a close before ready.
+        link.send_json(Frame.CLOSE, {"clean": False})
+        link.close()
 
     def drop_listener(self) -> None:
         self.channel._stop_listening()

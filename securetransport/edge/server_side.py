@@ -179,10 +179,16 @@ class LinkControlChannel:
     def active_data(
         self, reuse: SessionReuse | None, report: DataReport, timeout: float, host: str, port: int
     ) -> DataChannel:
-        channel = RelayedDataChannel(self.link.reactor, self.peer, reuse, report, timeout, None, "")
-        channel._connect_error = DataError(
-            Reply.CANT_OPEN_DATA, "Active mode is not relayed by this edge; use PASV or EPSV"
+        """The edge connects to host:port (validated here) when the transfer command comes."""
+        token = secrets.token_hex(12)
+        channel = RelayedDataChannel(
+            self.link.reactor, self.peer, reuse, report, timeout, self.link, token
         )
+        channel.connect_to = (host, port)
+        never: Deferred[Any] = Deferred()  # no LISTENING answers an active set-up
+        never.addErrback(lambda _: None)
+        self.link.dialer.listening[token] = (channel, never)
+        self.link.listen_tokens.add(token)
         return channel
 
 
@@ -240,9 +246,33 @@ class RelayedDataChannel(DataChannel):
     ) -> None:
         tls = DataTLS(None, lambda connection: None) if reuse is not None else None
         super().__init__(reactor, peer, tls, timeout)
+        self.reuse = reuse
         self.report = report
         self.control = control
         self.token = token
+        self.connect_to: tuple[str, int] | None = None  # PORT/EPRT: the edge connects there
+
+    @property
+    def is_passive(self) -> bool:
+        return self.connect_to is None
+
+    def open(self) -> Deferred[DataConnection]:
+        if self.connect_to is not None and self.connection is None and self.control is not None:
+            host, port = self.connect_to
+            self.listening = _RemoteListening(self.control, self.token, 0)
+            self.control.send_json(
+                Frame.CONNECT,
+                {
+                    "token": self.token,
+                    "host": host,
+                    "port": port,
+                    "reuse": "off" if self.tls is None else self.reuse,
+                    "protected": self.tls is not None,
+                    "timeout": self.timeout,
+                    "direction": self.direction,
+                },
+            )
+        return super().open()
 
     def listening_at(self, port: int) -> None:
         assert self.control is not None
@@ -386,6 +416,10 @@ class ServerLink(LinkProtocol):
         if pending is None:
             return
         channel, answered = pending
+        if channel.connect_to is not None:  # the edge could not connect: 425 now
+            self.dialer.listening.pop(token, None)
+            channel._deliver_error(DataError(Reply.CANT_OPEN_DATA, "Can't open data connection"))
+            return
         if answered.called:
             return
         if "port" in value:

@@ -336,3 +336,32 @@ class EdgeFailureTests(TestCase):
 
         reply = yield in_thread(run)
         self.assertTrue(reply.startswith("421"), reply)
+
+
+class EdgeActiveModeTests(TestCase):
+    """PORT/EPRT through the edge: the edge connects to the client from its own address."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_ftplib_active_mode_both_ways(self) -> Any:
+        setup = EdgeSetup(self)
+        yield setup.start()
+        payload = os.urandom(1_500_007)
+
+        def run() -> list[str]:
+            ftp = setup.ftps()
+            ftp.set_pasv(False)
+            replies = [ftp.storbinary("STOR a.bin", io.BytesIO(payload))]
+            digest = hashlib.sha256()
+            replies.append(ftp.retrbinary("RETR a.bin", digest.update))
+            replies.append(digest.hexdigest())
+            ftp.quit()
+            return replies
+
+        stored, retrieved, digest = yield in_thread(run)
+        self.assertTrue(stored.startswith("226"), stored)
+        self.assertTrue(retrieved.startswith("226"), retrieved)
+        self.assertEqual(digest, hashlib.sha256(payload).hexdigest())
+        on_disk = (setup.server.home() / "a.bin").read_bytes()
+        self.assertEqual(on_disk, payload)

@@ -213,3 +213,17 @@ class ParityTests(TestCase):
         replies = yield self.both(script)
         self.assertEqual(replies[-2][:3], "522")
         self.assertIn("resume", replies[-2].lower())
+
+    @defer.inlineCallbacks
+    def test_active_mode_targets_checked_alike(self) -> Any:
+        def script(d: Dialogue) -> None:
+            d.say("USER bob")
+            d.say(f"PASS {PASSWORD}")
+            d.say("PORT 10,0,0,1,200,1")  # another address: bounce refused
+            d.say("EPRT |1|127.0.0.1|80|")  # a port below 1024
+            d.say("EPRT |1|127.0.0.1|1|x")  # malformed
+            d.say("EPSV ALL")
+            d.say("PORT 127,0,0,1,200,1")  # 503 after EPSV ALL
+
+        replies = yield self.both(script)
+        self.assertEqual([r[:3] for r in replies[3:]], ["504", "501", "501", "200", "503"])
