@@ -319,7 +319,8 @@ class SecureTransportService(MultiService):
         runtime.audit.observers.append(metrics.observe)
 
         def refresh() -> None:
-            metrics.refresh(runtime, self._verification)
+            links_up = sum(1 for dialer in self.edge_dialers if dialer.is_up)
+            metrics.refresh(runtime, self._verification, links_up)
 
         if self.worker is None:
             assert self.config.metrics is not None

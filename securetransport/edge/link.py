@@ -316,7 +316,8 @@ class LinkProtocol(Protocol):
 def peer_common_name(transport: Any) -> str:
     """The link peer's certificate CN, for logs."""
     try:
-        cert = transport.getPeerCertificate()
-        return str(cert.get_subject().CN)
+        cert = transport.getPeerCertificate().to_cryptography()
+        names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        return str(names[0].value) if names else cert.subject.rfc4514_string()
     except Exception:  # noqa: BLE001 - logging only
         return "?"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
 import socket
 import ssl
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from twisted.internet.threads import blockingCallFromThread
 from twisted.trial.unittest import TestCase
 
 from hardening.server import PASSWORD
+from securetransport.config import MetricsConfig
 from securetransport.edge.settings import settings_digest
 from tests.e2e.harness import in_thread, random_file, run_tool, sha256_file
 from tests.edge.harness import EDGE_HOST, EdgeSetup
@@ -365,3 +368,23 @@ class EdgeActiveModeTests(TestCase):
         self.assertEqual(digest, hashlib.sha256(payload).hexdigest())
         on_disk = (setup.server.home() / "a.bin").read_bytes()
         self.assertEqual(on_disk, payload)
+
+
+class EdgeMetricsTests(TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_edge_links_up_gauge(self) -> Any:
+        from hardening.server import free_port
+
+        port = free_port()
+        setup = EdgeSetup(self)
+        setup.server.config = dataclasses.replace(
+            setup.server.config, metrics=MetricsConfig("127.0.0.1", port)
+        )
+        setup.server.service.config = setup.server.config
+        yield setup.start()
+        body = yield in_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        )
+        self.assertIn(b"securetransport_edge_links_up 1.0", body)
