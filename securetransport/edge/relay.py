@@ -550,6 +550,35 @@ class EdgeService(MultiService):
                 port=port.getHost().port,
             )
 
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        if self.config.metrics is not None:
+            self._serve_metrics()
+
+    @property
+    def serving(self) -> bool:
+        """A link with applied settings: clients are served."""
+        return self.digest is not None and any(not link.lost for link in self.idle)
+
+    def _serve_metrics(self) -> None:
+        """`[metrics]` on an edge: /health is 503 without a link; /metrics has the links."""
+        from securetransport.metrics import Metrics, listen_metrics, render_registry
+
+        metrics = Metrics()
+
+        def refresh() -> None:
+            metrics.edge_links_up.set(1 if self.serving else 0)
+
+        assert self.config.metrics is not None
+        self.ports.append(
+            listen_metrics(
+                self.reactor,
+                self.config.metrics,
+                lambda: render_registry(metrics.registry, refresh),
+                lambda: not self.serving,
+            )
+        )
+
     def stopService(self) -> Deferred[None]:  # noqa: N802
         from twisted.internet.defer import gatherResults
 

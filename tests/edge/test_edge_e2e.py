@@ -8,6 +8,7 @@ import io
 import os
 import socket
 import ssl
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -388,3 +389,26 @@ class EdgeMetricsTests(TestCase):
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         )
         self.assertIn(b"securetransport_edge_links_up 1.0", body)
+
+    @defer.inlineCallbacks
+    def test_edge_health_follows_its_link(self) -> Any:
+        from hardening.server import free_port
+
+        port = free_port()
+        setup = EdgeSetup(self)
+        setup.edge.config = dataclasses.replace(
+            setup.edge.config, metrics=MetricsConfig("127.0.0.1", port)
+        )
+
+        def health() -> int:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    return int(r.status)
+            except urllib.error.HTTPError as error:
+                return int(error.code)
+
+        setup.start_edge()
+        self.assertEqual((yield in_thread(health)), 503)  # no link yet
+        setup.server.start()
+        yield setup.wait_for(lambda: setup.edge.serving)
+        self.assertEqual((yield in_thread(health)), 200)
