@@ -8,6 +8,7 @@ import io
 import os
 import socket
 import ssl
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -412,3 +413,67 @@ class EdgeMetricsTests(TestCase):
         setup.server.start()
         yield setup.wait_for(lambda: setup.edge.serving)
         self.assertEqual((yield in_thread(health)), 200)
+
+
+class EdgeMemoryTests(TestCase):
+    """A client that stops reading holds its own transfer only, within about 1 MiB at the edge."""
+
+    timeout = 60
+
+    def edge_buffered(self, setup: EdgeSetup) -> list[int]:
+        """Bytes waiting in the edge's process for each relayed data client."""
+        from securetransport.edge.relay import EdgeData
+        from securetransport.ftp.data import socket_transport
+
+        sizes = []
+        for link in setup.edge.links:
+            if isinstance(link.client, EdgeData):
+                tcp = socket_transport(link.client.connection.transport)
+                sizes.append(len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen)
+        return sizes
+
+    def server_sent(self, setup: EdgeSetup) -> list[int]:
+        return [
+            link.data.bytes_sent
+            for dialer in setup.server.service.edge_dialers
+            for link in dialer.links
+            if link.data is not None
+        ]
+
+    @defer.inlineCallbacks
+    def test_slow_reader_bounded(self) -> Any:
+        setup = EdgeSetup(self)
+        yield setup.start()
+        size = 64 * 1024 * 1024
+        (setup.server.home() / "big.bin").write_bytes(os.urandom(size))
+
+        def run() -> tuple[list[int], list[int], list[int], list[int]]:
+            ftp = setup.ftps()
+            host, port = ftp.makepasv()
+            raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            raw.settimeout(20)
+            raw.connect((EDGE_HOST, port))
+            data = ftp.context.wrap_socket(raw, server_hostname=EDGE_HOST, session=ftp.sock.session)
+            ftp.putcmd("RETR big.bin")
+            ftp.getresp()
+            data.recv(65536)
+            time.sleep(2)  # not reading: back-pressure reaches the server
+            first = (
+                blockingCallFromThread(reactor, self.edge_buffered, setup),
+                blockingCallFromThread(reactor, self.server_sent, setup),
+            )
+            time.sleep(1)
+            second = (
+                blockingCallFromThread(reactor, self.edge_buffered, setup),
+                blockingCallFromThread(reactor, self.server_sent, setup),
+            )
+            data.close()
+            ftp.close()
+            return first[0], first[1], second[0], second[1]
+
+        buffered, sent, buffered_later, sent_later = yield in_thread(run)
+        self.assertEqual(len(buffered), 1, buffered)
+        self.assertLessEqual(max(buffered + buffered_later), 1024 * 1024 + 128 * 1024)
+        self.assertLess(sent[0], size // 4)  # the server was held back ...
+        self.assertEqual(sent_later, sent)  # ... and stays held while the client does not read
