@@ -20,7 +20,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener, IListeningPort, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -141,13 +140,18 @@ class EdgeControl(Protocol):
         if link is None:
             log.info("{peer}: no link to the server: refused", peer=self.peer)
             if self.implicit:
-                self.transport.abortConnection()  # type: ignore[union-attr]
+                # Nothing read: closed before the handshake.
+                self.transport.loseConnection()  # type: ignore[union-attr]
             else:
                 self.transport.write(NO_LINK_REPLY)  # type: ignore[union-attr]
                 self.transport.loseConnection()  # type: ignore[union-attr]
             return
         self.link = link
         link.bind(self, self.transport)
+        if self.implicit:
+            # No byte of the ClientHello is read (so no handshake starts) until the server
+            # has accepted the session: a refused one is closed before the handshake.
+            self.transport.pauseProducing()  # type: ignore[union-attr]
         link.send_json(
             Frame.OPEN,
             {
@@ -178,6 +182,12 @@ class EdgeControl(Protocol):
 
     def link_frame(self, kind: Frame, payload: bytes) -> None:
         transport: Any = self.transport
+        if self.implicit and self.context is None and kind is not Frame.CLOSE:
+            # The server accepted the session (its greeting comes): TLS from now on.
+            assert self.edge.contexts is not None
+            self.context = self.edge.contexts.new_session_context()
+            transport.startTLS(connection_creator(self.context))
+            transport.resumeProducing()
         if kind is Frame.DATA:
             transport.write(payload)
         elif kind is Frame.START_TLS:
@@ -444,20 +454,6 @@ class _ClientFactory(Factory):
         return EdgeControl(self.edge, self.implicit, self.local)
 
 
-class _ImplicitFactory(TLSMemoryBIOFactory):
-    """Implicit FTPS: without a link with applied settings, close before the handshake."""
-
-    def __init__(self, edge: EdgeService, wrapped: _ClientFactory) -> None:
-        super().__init__(connection_creator(edge.new_context), False, wrapped)
-        self.edge = edge
-
-    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
-        if self.edge.contexts is None or not self.edge.idle:
-            log.info("{peer}: no link to the server: closed before the handshake", peer=addr.host)
-            return None
-        return super().buildProtocol(addr)
-
-
 class _LinkFactory(Factory):
     noisy = False
 
@@ -490,10 +486,6 @@ class EdgeService(MultiService):
         self.ports: list[IListeningPort] = []
         first, last = config.passive.ports
         self.passive = PassivePortProvider(reactor, first, last)
-
-    def new_context(self) -> SSL.Context:
-        assert self.contexts is not None
-        return self.contexts.new_session_context()
 
     def apply(self, message: dict[str, Any], server: str) -> None:
         """The server's settings: applied before anyone is served, logged by digest."""
@@ -535,12 +527,10 @@ class EdgeService(MultiService):
         )
         for listen in self.config.listen:
             factory = _ClientFactory(self, listen.tls == "implicit", (listen.address, 0))
-            wrapped: Any = factory
-            if listen.tls == "implicit":
-                if self.own is None:
-                    raise ValueError("an implicit listener needs [tls]")
-                wrapped = _ImplicitFactory(self, factory)
-            port = self.reactor.listenTCP(listen.port, wrapped, interface=listen.address)
+            if listen.tls == "implicit" and self.own is None:
+                raise ValueError("an implicit listener needs [tls]")
+            # Implicit ports start TLS once the server has accepted the session (EdgeControl).
+            port = self.reactor.listenTCP(listen.port, factory, interface=listen.address)
             factory.local = (listen.address, int(port.getHost().port))
             self.ports.append(port)
             log.info(

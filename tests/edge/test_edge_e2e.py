@@ -126,12 +126,14 @@ class EdgeControlTests(TestCase):
             sock = socket.create_connection((EDGE_HOST, self.setup.explicit_port), timeout=10)
             reply = _read_reply(sock)
             sock.close()
-            implicit = socket.create_connection((EDGE_HOST, self.setup.implicit_port), timeout=10)
-            try:
-                seen = implicit.recv(100)
-            except ConnectionResetError:
+            try:  # closed (FIN or reset) with no byte sent: no ServerHello
+                with socket.create_connection(
+                    (EDGE_HOST, self.setup.implicit_port), timeout=10
+                ) as implicit:
+                    implicit.sendall(ssl_hello())
+                    seen = implicit.recv(100)
+            except (ConnectionResetError, BrokenPipeError):
                 seen = b""
-            implicit.close()
             return reply, seen
 
         reply, seen = yield in_thread(run)
@@ -319,8 +321,10 @@ class EdgeFailureTests(TestCase):
         preliminary = yield in_thread(run)
         self.assertTrue(preliminary.startswith("150"), preliminary)
         yield setup.wait_for(lambda: not setup.server.runtime.open_sessions)
-        self.assertEqual((setup.server.home() / "kept.bin").read_bytes(), b"old version")
-        self.assertEqual(sorted(p.name for p in setup.server.home().iterdir()), ["kept.bin"])
+        # The partial is deleted (in the files' thread pool), the old version kept.
+        home = setup.server.home()
+        yield setup.wait_for(lambda: sorted(p.name for p in home.iterdir()) == ["kept.bin"])
+        self.assertEqual((home / "kept.bin").read_bytes(), b"old version")
 
     @defer.inlineCallbacks
     def test_wrong_link_certificate_refused(self) -> Any:
@@ -477,3 +481,40 @@ class EdgeMemoryTests(TestCase):
         self.assertLessEqual(max(buffered + buffered_later), 1024 * 1024 + 128 * 1024)
         self.assertLess(sent[0], size // 4)  # the server was held back ...
         self.assertEqual(sent_later, sent)  # ... and stays held while the client does not read
+
+
+class EdgeBanTests(TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_banned_address_refused_at_the_edge(self) -> Any:
+        """A ban on the server (by the client's real address) is applied at the edge:
+        421 on the explicit port, closed before the handshake on the implicit one."""
+        setup = EdgeSetup(self)
+        yield setup.start()
+        runtime = setup.server.runtime
+        runtime.guard.impose_ban("127.0.0.1", runtime.reactor.seconds() + 300)
+
+        def run() -> tuple[str, bytes]:
+            sock = socket.create_connection((EDGE_HOST, setup.explicit_port), timeout=10)
+            reply = _read_reply(sock)
+            sock.close()
+            try:  # closed (FIN or reset) with no byte sent: no ServerHello
+                with socket.create_connection(
+                    (EDGE_HOST, setup.implicit_port), timeout=10
+                ) as implicit:
+                    implicit.sendall(ssl_hello())
+                    seen = implicit.recv(100)
+            except (ConnectionResetError, BrokenPipeError):
+                seen = b""
+            return reply, seen
+
+        reply, seen = yield in_thread(run)
+        self.assertEqual(reply, "421 Too many failed logins; try again later\r\n")
+        self.assertEqual(seen, b"")  # no ServerHello: closed before the handshake
+
+
+def ssl_hello() -> bytes:
+    from tests.e2e.ftps_clients import client_hello
+
+    return client_hello()
