@@ -19,6 +19,7 @@ import datetime
 import enum
 import json
 import struct
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +232,7 @@ class LinkProtocol(Protocol):
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
         self.decoder = FrameDecoder()
+        self._held: deque[tuple[Frame, bytes]] = deque()
         self.reading_paused = False
         self.lost = False
         self._last_heard = 0.0
@@ -277,31 +279,39 @@ class LinkProtocol(Protocol):
         if self.reading_paused and self.transport is not None and not self.lost:
             self.reading_paused = False
             self._last_heard = self.reactor.seconds()
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
+            self._deliver()
+            if not self.reading_paused:
+                self.transport.resumeProducing()  # type: ignore[attr-defined]
 
-    def dataReceived(self, data: bytes) -> None:
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self._last_heard = self.reactor.seconds()
         while not self.lost:
             try:
                 frames = self.decoder.feed(data)
             except FrameError as error:
+                self._deliver()  # the frames before the bad one count
                 log.warn("link protocol error: {error}", error=error)
                 self.link_dead()
                 return
             if not frames:
-                return
+                break
             data = b""
-            for kind, payload in frames:
-                if self.lost:
-                    return
-                if kind is Frame.PING:
-                    continue
-                try:
-                    self.frame_received(kind, payload)
-                except FrameError as error:
-                    log.warn("link protocol error: {error}", error=error)
-                    self.link_dead()
-                    return
+            self._held.extend(frames)
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Hand over the frames received; none while reading is paused (back-pressure:
+        what was read before the pause waits here, not in the client's buffer)."""
+        while self._held and not self.reading_paused and not self.lost:
+            kind, payload = self._held.popleft()
+            if kind is Frame.PING:
+                continue
+            try:
+                self.frame_received(kind, payload)
+            except FrameError as error:
+                log.warn("link protocol error: {error}", error=error)
+                self.link_dead()
+                return
 
     def frame_received(self, kind: Frame, payload: bytes) -> None:
         raise NotImplementedError

@@ -11,6 +11,7 @@ sockets), and dropping what a client pipelined after AUTH TLS.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
@@ -50,6 +51,7 @@ log = Logger(namespace="securetransport.edge.relay")
 
 NO_LINK_REPLY = b"421 Service not available: no link to the server; try again later\r\n"
 LINK_LOST_REPLY = b"421 Connection to the server lost; closing\r\n"
+LINK_WAIT = 5.0  # seconds a client waits for a link connection when the pool ran dry
 
 
 @implementer(IPushProducer)
@@ -83,8 +85,9 @@ class EdgeLink(LinkProtocol):
             if self.client is not None:
                 raise FrameError("SETTINGS on a link connection in use")
             self.edge.apply(decode_json(payload), peer_common_name(self.transport))
-            self.ready = True
-            self.edge.idle.append(self)
+            if not self.ready:
+                self.ready = True
+                self.edge.link_ready(self)
             return
         if self.client is None:
             raise FrameError(f"{kind.name} on an idle link connection")
@@ -130,34 +133,40 @@ class EdgeControl(Protocol):
         self.tls_pending = False
         self.passive: dict[str, EdgePassive] = {}
         self.peer = ""
+        self.peer_port = 0
         self.closed = False
 
     def connectionMade(self) -> None:
         self.edge.clients.add(self)
         peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
         self.peer = normalize_address(peer.host)
-        link = self.edge.take_link()
+        self.peer_port = int(peer.port)
+        # Nothing is read until the server has the session: on an implicit port no byte of
+        # the ClientHello (so no handshake) before the server accepts it; on an explicit
+        # one nothing is lost while a link connection is on its way.
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+        self.edge.request_link(self._got_link)
+
+    def _got_link(self, link: EdgeLink | None) -> None:
+        transport: Any = self.transport
+        if self.closed:
+            if link is not None:
+                self.edge.link_ready(link)  # the client left while waiting: not used
+            return
         if link is None:
             log.info("{peer}: no link to the server: refused", peer=self.peer)
-            if self.implicit:
-                # Nothing read: closed before the handshake.
-                self.transport.loseConnection()  # type: ignore[union-attr]
-            else:
-                self.transport.write(NO_LINK_REPLY)  # type: ignore[union-attr]
-                self.transport.loseConnection()  # type: ignore[union-attr]
+            if not self.implicit:
+                transport.write(NO_LINK_REPLY)
+            transport.loseConnection()  # implicit: nothing read, closed before the handshake
             return
         self.link = link
-        link.bind(self, self.transport)
-        if self.implicit:
-            # No byte of the ClientHello is read (so no handshake starts) until the server
-            # has accepted the session: a refused one is closed before the handshake.
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+        link.bind(self, transport)
         link.send_json(
             Frame.OPEN,
             {
                 "kind": "control",
                 "address": self.peer,
-                "port": int(peer.port),
+                "port": self.peer_port,
                 "local_host": self.local[0],
                 "local_port": self.local[1],
                 "announce": self.edge.config.passive.address or self.local[0],
@@ -165,6 +174,8 @@ class EdgeControl(Protocol):
                 "tls_ready": self.edge.own is not None,
             },
         )
+        if not self.implicit:
+            transport.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self.link is None or self.tls_pending:
@@ -325,28 +336,28 @@ class EdgePassive:
             self.channel.expect(direction)
         self.channel.open().addCallbacks(self._ready, self._failed)
 
-    def _take_link(self, connection: DataConnection | None) -> EdgeLink | None:
-        edge = self.control.edge
-        link = edge.take_link()
-        if link is None:
-            return None
-        peer = connection.transport.getPeer() if connection and connection.transport else None
+    def _open(self, link: EdgeLink, connection: DataConnection | None) -> None:
+        """Put this data connection on `link`: OPEN with the set-up's token."""
+        transport: Any = connection.transport if connection is not None else None
+        peer: Any = transport.getPeer() if transport is not None else None
         link.send_json(
             Frame.OPEN,
             {
                 "kind": "data",
                 "token": self.token,
                 "address": self.control.peer,
-                "port": int(peer.port) if peer is not None else 0,  # type: ignore[attr-defined]
+                "port": int(peer.port) if peer is not None else 0,
             },
         )
-        return link
 
     def _ready(self, connection: DataConnection) -> None:
-        link = self._take_link(connection)
+        self.control.edge.request_link(lambda link: self._relay(connection, link))
+
+    def _relay(self, connection: DataConnection, link: EdgeLink | None) -> None:
         if link is None:
             connection.abort()
             return
+        self._open(link, connection)
         self.data = EdgeData(link, connection, lambda: self.control.passive.pop(self.token, None))
         link.bind(self.data, connection.transport)
         if self.info is not None:
@@ -365,9 +376,12 @@ class EdgePassive:
                     Frame.LISTENING, {"token": self.token, "error": error.text}
                 )
             return  # passive: the server's own timeout answers
-        link = self._take_link(None)
+        self.control.edge.request_link(lambda link: self._report_failure(link, error))
+
+    def _report_failure(self, link: EdgeLink | None, error: DataError) -> None:
         if link is None:
             return
+        self._open(link, None)
         link.client = _Closed()
         if error.code == 522 and self.info is not None:  # the binding check refused it
             link.send_json(Frame.DATA_TLS, {"info": info_to_json(self.info), "problem": error.text})
@@ -425,6 +439,8 @@ class EdgeData:
     def link_frame(self, kind: Frame, payload: bytes) -> None:
         if kind is Frame.DATA:
             self.connection.write(payload)
+        elif kind is Frame.EXPECT:
+            self.connection.expect(str(decode_json(payload).get("direction")))
         elif kind is Frame.CLOSE:
             if decode_json(payload).get("how") == "abort":
                 self.connection.abort()
@@ -483,6 +499,7 @@ class EdgeService(MultiService):
         self.idle: list[EdgeLink] = []
         self.links: set[EdgeLink] = set()
         self.clients: set[EdgeControl] = set()
+        self.waiting: list[list[Any]] = []  # [use, timer]: clients waiting for a link
         self.ports: list[IListeningPort] = []
         first, last = config.passive.ports
         self.passive = PassivePortProvider(reactor, first, last)
@@ -503,6 +520,35 @@ class EdgeService(MultiService):
             server=server,
             digest=digest,
         )
+
+    def request_link(self, use: Callable[[EdgeLink | None], None]) -> None:
+        """Call `use` with an idle link connection: at once, or when the server's next one
+        comes up (the pool ran dry: wait up to LINK_WAIT seconds), or with None when there
+        is no link to the server at all."""
+        link = self.take_link()
+        if link is not None or not any(not each.lost for each in self.links):
+            use(link)
+            return
+        entry: list[Any] = [use]
+        entry.append(self.reactor.callLater(LINK_WAIT, self._wait_over, entry))
+        self.waiting.append(entry)
+
+    def _wait_over(self, entry: list[Any]) -> None:
+        if entry in self.waiting:
+            self.waiting.remove(entry)
+            entry[0](None)
+
+    def link_ready(self, link: EdgeLink) -> None:
+        """A link connection with applied settings: to the first waiting client, or idle."""
+        if link.lost:
+            return
+        if self.waiting:
+            use, call = self.waiting.pop(0)
+            if call.active():
+                call.cancel()
+            use(link)
+            return
+        self.idle.append(link)
 
     def take_link(self) -> EdgeLink | None:
         while self.idle:
@@ -574,6 +620,10 @@ class EdgeService(MultiService):
 
         results = [d for d in (port.stopListening() for port in self.ports) if d is not None]
         self.ports = []
+        waiting, self.waiting = self.waiting, []
+        for _, call in waiting:
+            if call.active():
+                call.cancel()
         for client in list(self.clients):
             if client.transport is not None:
                 client.transport.abortConnection()  # type: ignore[attr-defined]

@@ -221,6 +221,14 @@ class RelayedDataConnection(DataConnection):
         if self.tls is None:
             self._set_ready()
 
+    def expect(self, direction: str) -> None:
+        """Also told on the data link itself, ahead of any file bytes: the edge holds TLS
+        1.3 tickets on uploads only, and must know before it passes a download on."""
+        super().expect(direction)
+        transport = self.transport
+        if isinstance(transport, LinkTransport) and not transport.disconnecting:
+            transport.link.send_json(Frame.EXPECT, {"direction": direction})
+
     def tls_reported(self, info: HandshakeInfo, problem: str | None, report: DataReport) -> None:
         report(info, False, problem)
         if problem is not None:
@@ -297,12 +305,12 @@ class RelayedDataChannel(DataChannel):
         self._stop_listening()
         connection = RelayedDataConnection(self.tls, server_side=True)
         self.connection = connection
-        if self.direction is not None:
-            connection.expect(self.direction)
         if self._waiter is not None:
             connection.when_settled(self._settled)
         transport = LinkTransport(link, (host, int(opened.get("port", 0))), ("0.0.0.0", 0))
         connection.makeConnection(transport)  # type: ignore[arg-type]
+        if self.direction is not None:
+            connection.expect(self.direction)
         return connection
 
 

@@ -20,6 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from hardening.server import PASSWORD
 from securetransport.config import MetricsConfig
+from securetransport.edge.server_side import POOL_SIZE
 from securetransport.edge.settings import settings_digest
 from tests.e2e.harness import in_thread, random_file, run_tool, sha256_file
 from tests.edge.harness import EDGE_HOST, EdgeSetup
@@ -518,3 +519,27 @@ def ssl_hello() -> bytes:
     from tests.e2e.ftps_clients import client_hello
 
     return client_hello()
+
+
+class EdgePoolTests(TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_more_clients_at_once_than_idle_link_connections(self) -> Any:
+        """A burst beyond the pool waits for the next link connections, then is served."""
+        setup = EdgeSetup(self)
+        yield setup.start()
+        count = 3 * POOL_SIZE
+
+        def run() -> list[str]:
+            socks = [
+                socket.create_connection((EDGE_HOST, setup.explicit_port), timeout=10)
+                for _ in range(count)
+            ]
+            replies = [_read_reply(sock) for sock in socks]
+            for sock in socks:
+                sock.close()
+            return replies
+
+        replies = yield in_thread(run)
+        self.assertEqual([r[:3] for r in replies], ["220"] * count)
