@@ -36,6 +36,7 @@ SessionReuse = Literal["required", "account", "off"]
 UploadMode = Literal["atomic", "resumable"]
 CertificateUser = Literal["common-name", "email", "none"]
 TLSVersion = Literal["TLSv1.2", "TLSv1.3"]
+Role = Literal["server", "edge"]
 
 
 class ConfigError(Exception):
@@ -69,6 +70,7 @@ class ServerConfig:
     allow_root: bool = False  # keep serving as root when twistd was not told --uid/--gid
     workers: int = 1  # reactor processes sharing the listeners (securetransport.workers)
     shutdown_grace: float = 30  # seconds SIGTERM lets transfers in progress finish
+    role: Role = "server"  # "edge": a relay in the DMZ (SPEC section 8)
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,36 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class EdgeConfig:
+    """One `[[edge]]` of a server: an edge's link listener the server dials (SPEC section 8)."""
+
+    name: str
+    address: str
+    port: int
+    certificate: Path  # the server's link certificate (PEM, chain may follow)
+    private_key: Path
+    ca: Path  # the edge's link certificate must chain to it
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """`[link]` of an edge: where it listens for its server's link connections."""
+
+    address: str
+    port: int
+    certificate: Path  # the edge's link certificate
+    private_key: Path
+    ca: Path  # the server's link certificate must chain to it
+
+
+# What an edge config may set (SPEC section 8): what is physically the edge's.
+EDGE_SERVER_KEYS = frozenset({"role", "allow_root"})
+EDGE_TLS_KEYS = frozenset({"certificate", "private_key"})
+EDGE_SECTIONS = frozenset({"server", "listen", "passive", "tls", "link", "metrics"})
+EDGE_ONLY_TEXT = "set on the server; an edge applies the server's"
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None = None
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -153,6 +185,8 @@ class Config:
     proxy: ProxyConfig | None = None  # None: no PROXY header is read
     metrics: MetricsConfig | None = None  # None: no metrics endpoint
     ssh: SSHConfig = field(default_factory=SSHConfig)
+    edges: tuple[EdgeConfig, ...] = ()  # a server's edges (SPEC section 8)
+    link: LinkConfig | None = None  # an edge's link listener
     warnings: tuple[str, ...] = ()  # `warning: KEY: ...` lines found while loading
 
 
@@ -634,6 +668,7 @@ class _Builder:
             "allow_root": _boolean,
             "workers": _positive_integer,
             "shutdown_grace": _seconds,
+            "role": _choice(Role),
         }
         result = self.table(value, "server", fields)
         values = result[0] if result else {}
@@ -720,6 +755,73 @@ class _Builder:
         values, bad = result
         return TLSConfig(**values), bad
 
+    def edges(self, value: object) -> tuple[EdgeConfig, ...]:
+        fields: dict[str, Callable[[object], Any]] = {
+            "name": _name,
+            "address": _ip_address,
+            "port": _port,
+            "certificate": self.path,
+            "private_key": self.path,
+            "ca": self.path,
+        }
+        edges: list[EdgeConfig] = []
+        names: dict[str, str] = {}
+        for key, item in self.array_of_tables(value, "edge"):
+            result = self.table(item, key, fields)
+            if result is None:
+                continue
+            values, bad = result
+            missing = [name for name in fields if name not in values and name not in bad]
+            for name in missing:
+                self.problems.append(f"{key}.{name}: required")
+            if missing or bad:
+                continue
+            edge = EdgeConfig(**values)
+            if edge.name in names:
+                self.problems.append(
+                    f"{key}.name: {_quote(edge.name)} is already used by {names[edge.name]}"
+                )
+            names.setdefault(edge.name, key)
+            edges.append(edge)
+        return tuple(edges)
+
+    def link(self, value: object) -> LinkConfig | None:
+        fields: dict[str, Callable[[object], Any]] = {
+            "address": _ip_address,
+            "port": _port,
+            "certificate": self.path,
+            "private_key": self.path,
+            "ca": self.path,
+        }
+        result = self.table(value, "link", fields)
+        if result is None:
+            return None
+        values, bad = result
+        missing = [name for name in fields if name not in values and name not in bad]
+        for name in missing:
+            self.problems.append(f"link.{name}: required")
+        if missing or bad:
+            return None
+        return LinkConfig(**values)
+
+    def check_role(self, data: Mapping[str, object], role: str) -> None:
+        """An edge sets only what is physically its own; a server has no [link]."""
+        if role != "edge":
+            if "link" in data:
+                self.problems.append('link: only an edge has a [link] (server.role = "edge")')
+            return
+        for name in data:
+            if name not in EDGE_SECTIONS and name in ("class", "proxy", "edge"):
+                self.problems.append(f"{_key(name)}: {EDGE_ONLY_TEXT}")
+        for section, allowed in (("server", EDGE_SERVER_KEYS), ("tls", EDGE_TLS_KEYS)):
+            table = data.get(section)
+            if isinstance(table, dict):
+                for name in table:
+                    if name not in allowed:
+                        self.problems.append(f"{section}.{_key(name)}: {EDGE_ONLY_TEXT}")
+        if "link" not in data:
+            self.problems.append("link: required on an edge (where the server dials it)")
+
     def classes(self, value: object) -> list[tuple[ClassConfig, set[str]]]:
         fields: dict[str, Callable[[object], Any]] = {
             "name": _name,
@@ -784,7 +886,20 @@ class _Builder:
         proxy: ProxyConfig | None = None
         metrics: MetricsConfig | None = None
         ssh = SSHConfig()
-        sections = ("server", "listen", "passive", "tls", "class", "proxy", "metrics", "ssh")
+        edges: tuple[EdgeConfig, ...] = ()
+        link: LinkConfig | None = None
+        sections = (
+            "server",
+            "listen",
+            "passive",
+            "tls",
+            "class",
+            "proxy",
+            "metrics",
+            "ssh",
+            "edge",
+            "link",
+        )
         for name, value in data.items():
             if name == "server":
                 server = self.server(value)
@@ -804,14 +919,20 @@ class _Builder:
                 metrics = self.metrics(value)
             elif name == "ssh":
                 ssh = self.ssh(value)
+            elif name == "edge":
+                edges = self.edges(value)
+            elif name == "link":
+                link = self.link(value)
             else:
                 kind = "table" if isinstance(value, dict | list) else "key"
                 self.problems.append(f"{_key(name)}: unknown {kind}{_did_you_mean(name, sections)}")
         if server is None:
             server = self.server_defaults({})
+        self.check_role(data, server.role)
         self.check_tls(tls, tls_bad, listen)
         self.check_ssh(ssh, listen)
-        self.warn_classes(classes, tls, tls_bad)
+        if server.role != "edge":
+            self.warn_classes(classes, tls, tls_bad)
         if passive_ok:
             self.warn_passive(passive, listen, ephemeral_ports)
         if self.problems:
@@ -826,6 +947,8 @@ class _Builder:
             proxy=proxy,
             metrics=metrics,
             ssh=ssh,
+            edges=edges,
+            link=link,
             warnings=tuple(self.warnings),
         )
 

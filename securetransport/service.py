@@ -92,6 +92,7 @@ class SecureTransportService(MultiService):
         self.cluster: Any = None  # securetransport.cluster.ClusterGuard on PostgreSQL
         self._listener: Any = None
         self._resync: LoopingCall | None = None
+        self.edge_dialers: list[Any] = []  # securetransport.edge.server_side.EdgeDialer
 
     def build_runtime(self) -> ServerRuntime:
         config = self.config
@@ -195,6 +196,10 @@ class SecureTransportService(MultiService):
         if self.config.tls.enabled:
             self._watch = TLSFileWatch(self.config, self.reactor, self.reload, self._tick)
             self._watch.start()
+        if self.config.edges:
+            from securetransport.edge.server_side import start_dialers
+
+            self.edge_dialers = start_dialers(self.reactor, self.runtime, self.config)
 
     def end_sessions_of_disabled_accounts(self) -> defer.Deferred[None]:
         """Sessions of accounts that were disabled or removed since their login end (421)."""
@@ -330,7 +335,8 @@ class SecureTransportService(MultiService):
         runtime.audit.observers.append(metrics.observe)
 
         def refresh() -> None:
-            metrics.refresh(runtime, self._verification)
+            links_up = sum(1 for dialer in self.edge_dialers if dialer.is_up)
+            metrics.refresh(runtime, self._verification, links_up)
 
         if self.worker is None:
             assert self.config.metrics is not None
@@ -417,6 +423,9 @@ class SecureTransportService(MultiService):
             runtime.draining = True
             runtime.passive.closed = True
             d.addCallback(lambda _: self.drain(runtime, self.config.server.shutdown_grace))
+        if self.edge_dialers:
+            dialers, self.edge_dialers = self.edge_dialers, []
+            d.addCallback(lambda _: defer.gatherResults([x.stop() for x in dialers]))
 
         def stop_pools(_: object) -> None:
             if self._metrics_refresh is not None and self._metrics_refresh.running:

@@ -43,7 +43,8 @@ class Options(usage.Options):
         except (TLSConfigError, TrustStoreError) as error:
             raise usage.UsageError(tls_problem(error, config)) from None
         self.refuse_root(config)
-        check_user_store(config)
+        if config.server.role != "edge":
+            check_user_store(config)
 
     def refuse_root(self, config: Config) -> None:
         """Refuse to keep serving as root unless twistd drops privileges or the config says so."""
@@ -84,6 +85,11 @@ def tls_problem(error: Exception, config: Config) -> str:
 
 def makeService(options: Options) -> IService:
     config: Config = options["parsed"]
+    if config.server.role == "edge":
+        from securetransport.edge.relay import EdgeService
+
+        tls = options["tls"]
+        return EdgeService(config, tls.contexts.credentials if tls is not None else None)
     if config.server.workers > 1:
         return WorkerSupervisor(config, tls=options["tls"])
     return SecureTransportService(config, tls=options["tls"])

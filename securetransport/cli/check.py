@@ -45,6 +45,11 @@ def run(args: argparse.Namespace) -> int:
     if problems:
         return 1
     print("OK")
+    config = load_config(config_path(args))
+    if config.server.role != "edge":
+        from securetransport.edge.settings import settings_digest
+
+        print(f"ssl-access digest {settings_digest(config)}")
     return 0
 
 
@@ -56,6 +61,12 @@ def check(path: Path, now: datetime.datetime | None = None) -> tuple[list[str], 
         return list(error.problems), list(error.warnings)
     problems, warnings = check_tls_files(config, now)
     problems += check_host_keys(config)
+    for index, edge in enumerate(config.edges, 1):
+        if config.tls.client_ca is not None and edge.ca == config.tls.client_ca:
+            warnings.append(
+                f"warning: edge[{index}].ca: is also tls.client_ca; "
+                "use a CA for the link and nothing else"
+            )
     return problems, list(config.warnings) + warnings
 
 

@@ -17,6 +17,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise CommandError(f"{existing[0]} exists (use --force to replace it)")
     try:
         written = init_pki(args.folder, args.users, days=args.days, force=args.force)
+        if args.link:
+            from securetransport.edge.link import init_link_pki
+
+            written += init_link_pki(args.folder, days=args.days, force=args.force)
     except PKIError as error:
         raise CommandError(str(error)) from None
     for path in written:
@@ -53,6 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also make a client certificate with CN=NAME (repeatable)",
     )
     init.add_argument("--force", action="store_true", help="replace existing files")
+    init.add_argument(
+        "--link",
+        action="store_true",
+        help="also write the link PKI of an edge and its server: link-ca, link-server, "
+        "link-edge (.crt/.key)",
+    )
     init.add_argument(
         "--days",
         type=int,

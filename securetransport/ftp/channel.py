@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress
 from zope.interface import Attribute, Interface, implementer
 
@@ -72,10 +73,11 @@ class IControlChannel(Interface):
 
     def passive_data(
         reuse: SessionReuse | None, report: DataReport, timeout: float
-    ) -> tuple[DataChannel, int]:
+    ) -> tuple[DataChannel, int] | Deferred[tuple[DataChannel, int]]:
         """Listen for one data connection from the client's address; the set-up and
-        the port. `reuse`: the class's session_reuse for protected data, None for clear.
-        Raises ftp.passive.NoPassivePort when no port is free."""
+        the port, or a Deferred firing with them (an edge opens the port at its end).
+        `reuse`: the class's session_reuse for protected data, None for clear.
+        Raises (or fails with) ftp.passive.NoPassivePort when no port is free."""
 
     def active_data(
         reuse: SessionReuse | None, report: DataReport, timeout: float, host: str, port: int
@@ -86,6 +88,8 @@ class IControlChannel(Interface):
 @implementer(IControlChannel)
 class LocalControlChannel:
     """A control connection on a Twisted transport in this process."""
+
+    via: str | None = None  # an edge link's channel names its edge (audit "via")
 
     def __init__(
         self,

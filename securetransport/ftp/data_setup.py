@@ -4,7 +4,12 @@ this control connection's session, when the class requires it)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from securetransport.client import normalize_address
 from securetransport.config import SessionReuse
@@ -32,53 +37,75 @@ class DataSetupCommands:
         """A protected data connection's handshake and binding check (tls.groups)."""
         self.session.audit.tls_data(info, accepted=problem is None, sibling=sibling)
 
-    def _listen_passive(self) -> int | None:
+    def _listen_passive(self, answer: Callable[[int], None]) -> Deferred[None] | None:
+        """Set up a passive listener and call `answer(port)`; a channel may answer later
+        (an edge opens the port at its end): then the Deferred fires once answered."""
         session = self.session
         session.drop_data_setup()
         try:
-            data, port = session.channel.passive_data(
+            result = session.channel.passive_data(
                 self._reuse(), self.report_data_tls, session.config.server.data_timeout
             )
         except NoPassivePort:
             session.reply(Reply.CANT_OPEN_DATA, "No passive port free; try again")
             return None
-        session.data = data
-        return port
 
-    def ftp_PASV(self, argument: str) -> None:
+        def ready(pair: tuple[Any, int]) -> None:
+            data, port = pair
+            if session.closing:
+                data.close()
+                return
+            session.data = data
+            answer(port)
+
+        def failed(failure: Failure) -> None:
+            failure.trap(NoPassivePort)
+            session.reply(Reply.CANT_OPEN_DATA, "No passive port free; try again")
+
+        if isinstance(result, Deferred):
+            return result.addCallbacks(ready, failed)
+        ready(result)
+        return None
+
+    def ftp_PASV(self, argument: str) -> Deferred[None] | None:
         session = self.session
         if session.state.epsv_all:
             session.reply(Reply.BAD_SEQUENCE, "EPSV ALL in effect; use EPSV")
-            return
-        announced = session.config.passive.address or normalize_address(session.channel.local_host)
+            return None
+        # Through an edge, the edge's own passive address (section 8) comes first.
+        announced = (
+            getattr(session.channel, "announced", "")
+            or session.config.passive.address
+            or normalize_address(session.channel.local_host)
+        )
         if ":" in announced:
             session.reply(Reply.NOT_IMPLEMENTED_PARAMETER, "PASV is for IPv4; use EPSV")
-            return
-        port = self._listen_passive()
-        if port is not None:
-            session.reply(Reply.PASSIVE, addresses.format_pasv_reply(announced, port))
+            return None
+        return self._listen_passive(
+            lambda port: session.reply(Reply.PASSIVE, addresses.format_pasv_reply(announced, port))
+        )
 
-    def ftp_EPSV(self, argument: str) -> None:
+    def ftp_EPSV(self, argument: str) -> Deferred[None] | None:
         session = self.session
         try:
             mode = addresses.parse_epsv_argument(argument or None)
         except addresses.AddressError as error:
             session.reply(error.code, error.text)
-            return
+            return None
         family = addresses.network_protocol(session.channel.local_host)
         if isinstance(mode, int) and mode != family:
             session.reply(
                 Reply.NETWORK_PROTOCOL_NOT_SUPPORTED,
                 f"Network protocol not supported, use ({family})",
             )
-            return
+            return None
         if mode == "ALL":
             session.state.epsv_all = True
             session.reply(Reply.OK, "EPSV ALL ok")
-            return
-        port = self._listen_passive()
-        if port is not None:
-            session.reply(Reply.EXTENDED_PASSIVE, addresses.format_epsv_reply(port))
+            return None
+        return self._listen_passive(
+            lambda port: session.reply(Reply.EXTENDED_PASSIVE, addresses.format_epsv_reply(port))
+        )
 
     def _active(self, verb: str, argument: str) -> None:
         session = self.session

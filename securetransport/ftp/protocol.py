@@ -12,6 +12,7 @@ while the client does not read its replies. The engine is in the modules beside 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -50,6 +51,7 @@ class FTPSession(Protocol):
         "engine",
         "implicit",
         "lines",
+        "make_channel",
         "output_blocked",
         "queue",
         "saw_data",
@@ -57,9 +59,17 @@ class FTPSession(Protocol):
         "session",
     )
 
-    def __init__(self, server: ServerRuntime, implicit: bool = False) -> None:
+    def __init__(
+        self,
+        server: ServerRuntime,
+        implicit: bool = False,
+        make_channel: Callable[[FTPSession], Any] | None = None,
+    ) -> None:
         self.server = server
         self.implicit = implicit
+        # Builds the session's IControlChannel (with tune/register_producer/handshake_done);
+        # None: a LocalControlChannel on this transport. An edge link gives its own.
+        self.make_channel = make_channel
         self.lines = parser.LineBuffer()
         # A list, not a deque: it holds a few lines at most and costs 0.6 KiB less a session.
         self.queue: list[bytes | parser.LineTooLong] = []
@@ -68,7 +78,7 @@ class FTPSession(Protocol):
         self.saw_data = False  # the first bytes decide "TLS ClientHello on an explicit port"
         self._counted = False
         self.session: Session | None = None
-        self.channel: LocalControlChannel | None = None
+        self.channel: Any = None  # LocalControlChannel, or an edge link's channel
         self.engine: Engine | None = None
 
     # ------------------------------------------------------------------- what the service sees
@@ -104,13 +114,17 @@ class FTPSession(Protocol):
 
     # ------------------------------------------------------------------- connection
     def connectionMade(self) -> None:
-        channel = LocalControlChannel(
-            self.transport, self.server, self._drop_input, self._sibling_logging_in
-        )
+        if self.make_channel is not None:
+            channel = self.make_channel(self)
+        else:
+            channel = LocalControlChannel(
+                self.transport, self.server, self._drop_input, self._sibling_logging_in
+            )
         channel.tune()
         self.channel = channel
         session_id = f"{channel.peer}:{channel.peer_port}-{int(time.time() * 1000) % 10**9}"
         session = Session(self.server, channel, self.implicit, session_id)
+        session.audit.via = channel.via
         self.session = session
         self.engine = Engine(session)
         if self.server.guard.is_banned(session.peer, self.server.reactor.seconds()):
@@ -307,9 +321,17 @@ def _urgent(command: parser.Command) -> bool:
 class FTPFactory(Factory):
     """Builds a session per control connection; `implicit` for implicit-FTPS listeners."""
 
-    def __init__(self, server: ServerRuntime, implicit: bool = False) -> None:
+    def __init__(
+        self,
+        server: ServerRuntime,
+        implicit: bool = False,
+        make_channel: Callable[[FTPSession], Any] | None = None,
+    ) -> None:
         self.server = server
         self.implicit = implicit
+        # Builds the session's IControlChannel (with tune/register_producer/handshake_done);
+        # None: a LocalControlChannel on this transport. An edge link gives its own.
+        self.make_channel = make_channel
 
     def buildProtocol(self, addr: Any) -> FTPSession:
         session = FTPSession(self.server, self.implicit)

@@ -18,10 +18,17 @@ class SessionAudit:
         self.xferlog = xferlog
         self.session_id = session_id
         self.peer = peer
+        self.via: str | None = None  # "edge:NAME" when relayed by an edge (SPEC section 8)
 
     def session_start(self, port: int, implicit: bool) -> None:
+        via = {"via": self.via} if self.via is not None else {}
         self.audit.event(
-            "session-start", session=self.session_id, client=self.peer, port=port, implicit=implicit
+            "session-start",
+            session=self.session_id,
+            client=self.peer,
+            port=port,
+            implicit=implicit,
+            **via,
         )
 
     def session_end(self, user: str | None) -> None:

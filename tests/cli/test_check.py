@@ -139,13 +139,26 @@ class CheckCommandTests(SynchronousTestCase):
         last = first + 10 if first + 10 < low or first > high else first
         self.config = self.write_config(f"{first}-{last}")
 
+    def ok(self, path: Path) -> str:
+        """What `check` prints for a good server config: OK, then the settings' digest."""
+        from securetransport.config import load_config
+        from securetransport.edge.settings import settings_digest
+
+        digest = settings_digest(load_config(path))
+        self.assertRegex(digest, "^[0-9a-f]{64}$")
+        return f"OK\nssl-access digest {digest}\n"
+
     def test_ok(self) -> None:
         self.avoid_ephemeral_warning()
-        self.assertEqual(self.run_check("check", "--config", str(self.config)), (0, "OK\n", ""))
+        self.assertEqual(
+            self.run_check("check", "--config", str(self.config)), (0, self.ok(self.config), "")
+        )
 
     def test_config_before_the_command(self) -> None:
         self.avoid_ephemeral_warning()
-        self.assertEqual(self.run_check("-c", str(self.config), "check"), (0, "OK\n", ""))
+        self.assertEqual(
+            self.run_check("-c", str(self.config), "check"), (0, self.ok(self.config), "")
+        )
 
     def test_default_config_path(self) -> None:
         """Without --config, etc/securetransport.toml below the working directory is read."""
@@ -157,7 +170,9 @@ class CheckCommandTests(SynchronousTestCase):
         cwd = os.getcwd()
         os.chdir(self.folder)
         self.addCleanup(os.chdir, cwd)
-        self.assertEqual(self.run_check("check"), (0, "OK\n", ""))
+        self.assertEqual(
+            self.run_check("check"), (0, self.ok(self.folder / "etc/securetransport.toml"), "")
+        )
         os.chdir(self.pki)
         self.assertEqual(
             self.run_check("check"),
@@ -170,7 +185,7 @@ class CheckCommandTests(SynchronousTestCase):
             self.config.read_text().replace("port = 0", "port = 4000"), encoding="utf-8"
         )
         code, out, err = self.run_check("check", "--config", str(self.config))
-        self.assertEqual((code, out), (0, "OK\n"))
+        self.assertEqual((code, out), (0, self.ok(self.config)))
         self.assertIn(
             "warning: passive.ports: 4000-4000 includes the port of listen[1] (4000)\n", err
         )

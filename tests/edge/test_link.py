@@ -1,0 +1,151 @@
+"""The link's framing, handshake facts and heartbeats, sans-IO (StringTransport, Clock)."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from securetransport.edge.link import (
+    HEARTBEAT_DEADLINE,
+    HEARTBEAT_INTERVAL,
+    MAX_PAYLOAD,
+    Frame,
+    FrameDecoder,
+    FrameError,
+    LinkProtocol,
+    decode_json,
+    encode,
+    encode_json,
+    info_from_json,
+    info_to_json,
+)
+from securetransport.tls.facts import HandshakeInfo
+
+
+class FramingTests(SynchronousTestCase):
+    def test_layout(self) -> None:
+        """4-byte big-endian payload length, 1-byte type, payload."""
+        self.assertEqual(encode(Frame.DATA, b"abc"), b"\x00\x00\x00\x03\x03abc")
+        self.assertEqual(encode(Frame.PING), b"\x00\x00\x00\x00\x0c")
+
+    def test_round_trip_byte_by_byte(self) -> None:
+        stream = (
+            encode(Frame.DATA, b"x" * 1000)
+            + encode_json(Frame.OPEN, {"kind": "control"})
+            + encode(Frame.START_TLS)
+        )
+        decoder = FrameDecoder()
+        frames: list[tuple[Frame, bytes]] = []
+        for index in range(len(stream)):
+            frames += decoder.feed(stream[index : index + 1])
+        self.assertEqual(
+            frames,
+            [
+                (Frame.DATA, b"x" * 1000),
+                (Frame.OPEN, b'{"kind":"control"}'),
+                (Frame.START_TLS, b""),
+            ],
+        )
+
+    def test_oversized_frame_refused_before_buffering(self) -> None:
+        header = struct.pack(">IB", MAX_PAYLOAD + 1, int(Frame.DATA))
+        with self.assertRaises(FrameError):
+            FrameDecoder().feed(header)
+        with self.assertRaises(ValueError):
+            encode(Frame.DATA, b"x" * (MAX_PAYLOAD + 1))
+
+    def test_unknown_type(self) -> None:
+        with self.assertRaises(FrameError):
+            FrameDecoder().feed(struct.pack(">IB", 0, 200))
+
+    def test_json_payloads(self) -> None:
+        self.assertEqual(decode_json(b'{"a": 1}'), {"a": 1})
+        for bad in (b"[1]", b"\xff", b"{"):
+            with self.assertRaises(FrameError):
+                decode_json(bad)
+
+    def test_handshake_facts_round_trip(self) -> None:
+        info = HandshakeInfo(
+            tls_version="TLSv1.3",
+            cipher="TLS_AES_256_GCM_SHA384",
+            resumed=True,
+            resumed_from_control=True,
+            peer_chain=(b"\x30\x01", b"\x30\x02"),
+            verify_errors=((0, 20), (1, 21)),
+            group="x25519",
+            master_key=b"secret",
+        )
+        back = info_from_json(decode_json(encode_json(Frame.TLS_UP, info_to_json(info))[5:]))
+        self.assertEqual(back.peer_chain, info.peer_chain)
+        self.assertEqual(back.verify_errors, info.verify_errors)
+        self.assertEqual(
+            (back.tls_version, back.cipher, back.resumed, back.resumed_from_control, back.group),
+            ("TLSv1.3", "TLS_AES_256_GCM_SHA384", True, True, "x25519"),
+        )
+        self.assertIsNone(back.master_key)  # the master key never leaves the edge
+        with self.assertRaises(FrameError):
+            info_from_json({"peer_chain": ["zz"]})
+
+
+class _Recorder(LinkProtocol):
+    def __init__(self, reactor: Any) -> None:
+        super().__init__(reactor)
+        self.frames: list[tuple[Frame, bytes]] = []
+
+    def frame_received(self, kind: Frame, payload: bytes) -> None:
+        if kind is Frame.CLOSE:
+            raise FrameError("bad close")
+        self.frames.append((kind, payload))
+
+
+class HeartbeatTests(SynchronousTestCase):
+    def connect(self) -> tuple[_Recorder, StringTransport, Clock]:
+        clock = Clock()
+        protocol = _Recorder(clock)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.addCleanup(protocol.connectionLost, None)
+        return protocol, transport, clock
+
+    def test_pings_while_idle(self) -> None:
+        protocol, transport, clock = self.connect()
+        clock.advance(HEARTBEAT_INTERVAL)
+        self.assertEqual(transport.value(), encode(Frame.PING))
+
+    def test_dead_after_the_deadline(self) -> None:
+        protocol, transport, clock = self.connect()
+        for _ in range(int(HEARTBEAT_DEADLINE / HEARTBEAT_INTERVAL)):
+            clock.advance(HEARTBEAT_INTERVAL)
+            self.assertFalse(transport.disconnecting)
+        clock.advance(HEARTBEAT_INTERVAL)
+        self.assertTrue(transport.disconnecting)  # within 30 s + one interval
+
+    def test_any_frame_keeps_it_alive(self) -> None:
+        protocol, transport, clock = self.connect()
+        for _ in range(10):
+            clock.advance(HEARTBEAT_INTERVAL)
+            protocol.dataReceived(encode(Frame.PING))
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(protocol.frames, [])  # pings are not delivered
+
+    def test_paused_reading_is_not_silence(self) -> None:
+        protocol, transport, clock = self.connect()
+        protocol.pause_link()
+        clock.advance(HEARTBEAT_DEADLINE * 3)
+        self.assertFalse(transport.disconnecting)
+
+    def test_protocol_error_ends_the_link(self) -> None:
+        protocol, transport, clock = self.connect()
+        protocol.dataReceived(encode(Frame.DATA, b"ok") + struct.pack(">IB", 0, 99))
+        self.assertEqual(protocol.frames, [(Frame.DATA, b"ok")])
+        self.assertTrue(transport.disconnecting)
+
+    def test_handler_error_ends_the_link(self) -> None:
+        protocol, transport, clock = self.connect()
+        protocol.dataReceived(encode_json(Frame.CLOSE, {}) + encode(Frame.DATA, b"late"))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(protocol.frames, [])
