@@ -46,6 +46,7 @@ from securetransport.vfs import FilesystemError, IReadHandle, IUpload
 log = Logger(namespace="securetransport.ftp.transfers")
 
 SENDFILE_THREADS = 6  # of the reactor's 10 pool threads (sendfile and TLS pumps)
+PUMP_MIN_BYTES = 256 * 1024  # smaller protected downloads stay on the reactor's TLS layer
 MAX_DATA_TLS_REFUSALS = 20  # 522s in a row: lftp retries a 522 in a tight loop
 UPLOADS = frozenset({"STOR", "APPE", "STOU"})
 
@@ -58,10 +59,7 @@ def take_thread_slot(session: Session) -> Callable[[R], R] | None:
     transfers already holding one have reached SENDFILE_THREADS; call what it returns
     (with the transfer's result) when done."""
     runtime = session.runtime
-    if (
-        not hasattr(session.reactor, "getThreadPool")
-        or runtime.sendfile_active >= SENDFILE_THREADS
-    ):
+    if not hasattr(session.reactor, "getThreadPool") or runtime.sendfile_active >= SENDFILE_THREADS:
         return None
     runtime.sendfile_active += 1
 
@@ -316,7 +314,9 @@ class Download(Job[IReadHandle]):
         reactor = self.session.reactor
         started: Deferred[None]
         release = None
-        if connection.tls is None or TLSPump.usable(connection, reactor):
+        if connection.tls is None or (
+            handle.size - self.offset >= PUMP_MIN_BYTES and TLSPump.usable(connection, reactor)
+        ):
             release = take_thread_slot(self.session)
         if release is None:
             started = FileSender(handle, connection, self.offset).start()
