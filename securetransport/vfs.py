@@ -462,10 +462,13 @@ class _Upload:
             return fail(self._error)
         if self._state != "open":
             return fail(FilesystemError("Upload already finished"))
-        self._buffer += data
         self._received += len(data)
-        if len(self._buffer) >= self.chunk_size:
-            self._hand_over()
+        if not self._buffer and len(data) >= self.chunk_size:
+            self._queue_chunk(bytes(data))  # one copy, not two (none for bytes)
+        else:
+            self._buffer += data
+            if len(self._buffer) >= self.chunk_size:
+                self._hand_over()
         if self._queued >= self.max_in_flight:
             d: Deferred[None] = Deferred()
             self._pressure.append(d)
@@ -501,6 +504,10 @@ class _Upload:
         if self._buffer and self._error is None:
             chunk = bytes(self._buffer)
             self._buffer.clear()
+            self._queue_chunk(chunk)
+
+    def _queue_chunk(self, chunk: bytes) -> None:
+        if self._error is None:
             self._queue.append(chunk)
             self._queued += len(chunk)
             self._pump()

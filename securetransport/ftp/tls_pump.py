@@ -357,27 +357,32 @@ class TLSFileReceiver(TLSPump):
             self.error = failure
             self.stop()
 
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, data: bytearray) -> None:
         """On the reactor: write, and free a slot when the upload can take more."""
-        d = self._write(data)
+        d = self._write(data)  # type: ignore[arg-type]
         if d is None:
             self._slots.release()
         else:
             d.addBoth(lambda _: self._slots.release())
 
-    def _hand_over(self, data: bytes) -> None:
-        """In the thread: wait for a free slot, then pass `data` to the reactor."""
+    def _hand_over(self, buffer: bytearray, filled: int) -> bytearray:
+        """In the thread: wait for a free slot, pass the first `filled` bytes of `buffer`
+        to the reactor; return a buffer to fill next."""
         while not self._slots.acquire(timeout=POLL_SECONDS):
             if self._stopped:
                 raise _Stop()
-        self.reactor.callFromThread(self._deliver, data)
+        if filled < len(buffer):
+            self.reactor.callFromThread(self._deliver, buffer[:filled])
+            return buffer
+        # Handed over whole (an upload may keep what it is given): a new one to fill.
+        self.reactor.callFromThread(self._deliver, buffer)
+        return bytearray(CHUNK)
 
     def _pump(self) -> bool:
         conn, fd = self._conn, self._fd
         assert conn is not None
         connection = self.connection
         buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
         filled = 0
         clean = False
         try:
@@ -393,7 +398,7 @@ class TLSFileReceiver(TLSPump):
                     filled += moved
                     connection.bytes_received += moved
                     if filled == CHUNK:
-                        self._hand_over(bytes(view[:filled]))
+                        buffer = self._hand_over(buffer, filled)
                         filled = 0
                     continue
                 readable = moved == 0
@@ -401,13 +406,13 @@ class TLSFileReceiver(TLSPump):
                     ready, _, _ = select.select([fd], [], [], UPLOAD_LINGER)
                     if ready:
                         continue
-                    self._hand_over(bytes(view[:filled]))
+                    buffer = self._hand_over(buffer, filled)
                     filled = 0
                 self._wait(fd, readable=readable)
         except _Broken:
             clean = False
         if filled:
-            self._hand_over(bytes(view[:filled]))
+            self._hand_over(buffer, filled)
         # Every chunk written (or failed) before the verdict goes back.
         for _ in range(UPLOADS_IN_FLIGHT):
             while not self._slots.acquire(timeout=POLL_SECONDS):
