@@ -44,10 +44,11 @@ DRAIN_POLL = 0.002  # seconds between looks at Twisted's send buffer before a ha
 # ------------------------------------------------------------------ private OpenSSL calls
 
 
-def pending_in_memory_bios(conn: SSL.Connection) -> int:
-    """Bytes waiting in `conn`'s two memory BIOs (0 when it has none)."""
+def pending_in_memory_bios(conn: SSL.Connection, *, incoming: bool = True) -> int:
+    """Bytes waiting in `conn`'s memory BIOs (0 when it has none): both, or only the
+    outgoing one."""
     total = 0
-    for bio in (conn._into_ssl, conn._from_ssl):
+    for bio in (conn._into_ssl, conn._from_ssl) if incoming else (conn._from_ssl,):
         if bio is not None:
             total += int(_lib.BIO_get_mem_data(bio, _ffi.NULL))
     return total
@@ -209,8 +210,12 @@ class TLSPump:
         def check() -> None:
             if self._stopped:
                 ready.errback(Failure(_Stop()))
-            elif connection.lost_reason is not None or not _tls_layer_idle(tls):
-                ready.callback(False)
+            elif (
+                connection.lost_reason is not None
+                or not _tls_layer_idle(tls)
+                or pending_in_memory_bios(conn) > pending_in_memory_bios(conn, incoming=False)
+            ):
+                ready.callback(False)  # ended, closing, or input not yet read by OpenSSL
             elif pending_in_memory_bios(conn) or _unsent(tcp) > 0:
                 # OpenSSL's output not yet through Twisted's TLS layer and TCP buffer.
                 tls._flushSendBIO()
