@@ -320,6 +320,26 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+DROP_BEHIND = 8 << 20  # an upload keeps at most about this much of itself in page cache
+
+
+def _write_dropping_behind(fd: int, data: bytes) -> None:
+    """Write `data` at the fd's position; then start writeback of it and drop from the
+    page cache what was written DROP_BEHIND earlier (clean by then; POSIX_FADV_DONTNEED
+    leaves dirty pages alone). A streaming upload then recycles a few MiB of pages
+    instead of filling the cache with fresh ones: measured here, the kernel's copy into
+    fresh pages cost 2 to 4 times as much CPU (first touch in the VM), and the upload no
+    longer evicts other files' pages."""
+    _write_all(fd, data)
+    try:
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+        os.posix_fadvise(fd, end - len(data), len(data), os.POSIX_FADV_DONTNEED)
+        if end > 2 * DROP_BEHIND:
+            os.posix_fadvise(fd, end - 2 * DROP_BEHIND, DROP_BEHIND, os.POSIX_FADV_DONTNEED)
+    except OSError:  # advice only (a file system without it)
+        pass
+
+
 def _copy_prefix(source: int, target: int, count: int) -> None:
     """Copy the first `count` bytes of `source` to `target`'s position."""
     copied = 0
@@ -442,10 +462,13 @@ class _Upload:
             return fail(self._error)
         if self._state != "open":
             return fail(FilesystemError("Upload already finished"))
-        self._buffer += data
         self._received += len(data)
-        if len(self._buffer) >= self.chunk_size:
-            self._hand_over()
+        if not self._buffer and len(data) >= self.chunk_size:
+            self._queue_chunk(bytes(data))  # one copy, not two (none for bytes)
+        else:
+            self._buffer += data
+            if len(self._buffer) >= self.chunk_size:
+                self._hand_over()
         if self._queued >= self.max_in_flight:
             d: Deferred[None] = Deferred()
             self._pressure.append(d)
@@ -481,6 +504,10 @@ class _Upload:
         if self._buffer and self._error is None:
             chunk = bytes(self._buffer)
             self._buffer.clear()
+            self._queue_chunk(chunk)
+
+    def _queue_chunk(self, chunk: bytes) -> None:
+        if self._error is None:
             self._queue.append(chunk)
             self._queued += len(chunk)
             self._pump()
@@ -490,7 +517,7 @@ class _Upload:
             return
         chunk = self._queue.popleft()
         self._busy = True
-        d = self._run(_write_all, self._plan.fd, chunk)
+        d = self._run(_write_dropping_behind, self._plan.fd, chunk)
         d.addCallbacks(self._written, self._write_failed, callbackArgs=(len(chunk),))
 
     def _written(self, _: None, size: int) -> None:

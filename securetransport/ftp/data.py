@@ -155,7 +155,9 @@ class DataConnection(Protocol):
         self._reading_paused = False
         self.tls_connection: Any = None
         self.gate: TicketGate | None = None
-        self.in_thread: SendfileSender | None = None
+        self.in_thread: Any = None  # SendfileSender or a tls_pump.TLSPump: owns the socket
+        # An upload pumped in a thread (tls_pump) decides `closed`: close_notify seen or not.
+        self.pump_verdict: bool | None = None
         self._abort_when_free = False
         self.direction: str | None = None  # "send" (RETR, listings) or "receive" (uploads)
 
@@ -204,7 +206,8 @@ class DataConnection(Protocol):
             else:
                 self._fail(DataError(Reply.CANT_OPEN_DATA, "Data connection closed before use"))
         if not self.closed.called:
-            self.closed.callback(clean_close(reason))
+            clean = clean_close(reason) if self.pump_verdict is None else self.pump_verdict
+            self.closed.callback(clean)
 
     # -- use by transfers ------------------------------------------------------------------
     def when_settled(self, observer: Callable[[DataError | None], None]) -> None:
@@ -249,6 +252,8 @@ class DataConnection(Protocol):
             self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def resume_reading(self) -> None:
+        if self.in_thread is not None:
+            return  # a thread owns the socket; it resumes reading when it hands it back
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self.transport.resumeProducing()  # type: ignore[attr-defined]
@@ -265,7 +270,7 @@ class DataConnection(Protocol):
 
     def abort(self) -> None:
         if self.in_thread is not None:
-            # A thread is using the socket (sendfile): stop it first, then close.
+            # A thread is using the socket (sendfile, TLS pump): stop it first, then close.
             self.in_thread.stop()
             self._abort_when_free = True
             return

@@ -39,17 +39,35 @@ from securetransport.ftp.data import (
 from securetransport.ftp.files import listing_lines, strip_list_options
 from securetransport.ftp.session import IRunningTransfer, Session
 from securetransport.ftp.state import Phase
+from securetransport.ftp.tls_pump import TLSFileReceiver, TLSFileSender, TLSPump
 from securetransport.replies import Reply
 from securetransport.vfs import FilesystemError, IReadHandle, IUpload
 
 log = Logger(namespace="securetransport.ftp.transfers")
 
-SENDFILE_THREADS = 6  # of the reactor's 10 pool threads
+SENDFILE_THREADS = 6  # of the reactor's 10 pool threads (sendfile and TLS pumps)
+PUMP_MIN_BYTES = 256 * 1024  # smaller protected downloads stay on the reactor's TLS layer
 MAX_DATA_TLS_REFUSALS = 20  # 522s in a row: lftp retries a 522 in a tight loop
 UPLOADS = frozenset({"STOR", "APPE", "STOU"})
 
 Outcome = tuple[int, str]
 R = TypeVar("R")  # what a transfer's prepare stage opens: a file, an upload, listing lines
+
+
+def take_thread_slot(session: Session) -> Callable[[R], R] | None:
+    """A reactor pool thread for a whole transfer (sendfile, TLS pump), or None when the
+    transfers already holding one have reached SENDFILE_THREADS; call what it returns
+    (with the transfer's result) when done."""
+    runtime = session.runtime
+    if not hasattr(session.reactor, "getThreadPool") or runtime.sendfile_active >= SENDFILE_THREADS:
+        return None
+    runtime.sendfile_active += 1
+
+    def release(result: R) -> R:
+        runtime.sendfile_active -= 1
+        return result
+
+    return release
 
 
 def sent_result(clean: bool) -> Outcome:
@@ -293,26 +311,21 @@ class Download(Job[IReadHandle]):
     ) -> Deferred[Outcome]:
         if self.offset > handle.size:
             raise DataError(Reply.BAD_RESTART, "Restart offset beyond the end of the file")
-        runtime = self.session.runtime
         reactor = self.session.reactor
         started: Deferred[None]
-        if (
-            connection.tls is None
-            and hasattr(reactor, "getThreadPool")
-            and runtime.sendfile_active < SENDFILE_THREADS
+        release = None
+        if connection.tls is None or (
+            handle.size - self.offset >= PUMP_MIN_BYTES and TLSPump.usable(connection, reactor)
         ):
-            # sendfile holds a thread of the reactor's pool for the whole transfer:
-            # a few at a time; further clear downloads stream from the files pool.
-            runtime.sendfile_active += 1
-
-            def release(result: object) -> object:
-                runtime.sendfile_active -= 1
-                return result
-
-            started = SendfileSender(handle, connection, self.offset, reactor).start()
-            started.addBoth(release)
-        else:
+            release = take_thread_slot(self.session)
+        if release is None:
             started = FileSender(handle, connection, self.offset).start()
+        elif connection.tls is None:
+            started = SendfileSender(handle, connection, self.offset, reactor).start()
+        else:
+            started = TLSFileSender(handle, connection, self.offset, reactor).start()
+        if release is not None:
+            started.addBoth(release)
         finished: Deferred[bool] = started.addCallback(lambda _: connection.finish())
         return finished.addCallback(sent_result)
 
@@ -339,7 +352,15 @@ class Upload(Job[IUpload]):
         self, upload: IUpload, connection: DataConnection, transfer: Transfer[IUpload]
     ) -> Deferred[Outcome]:
         transfer.path = upload.path
-        receiver = FileReceiver(upload, connection)
+        reactor = self.session.reactor
+        release = None
+        if connection.tls is not None and TLSPump.usable(connection, reactor):
+            release = take_thread_slot(self.session)
+        receiver: FileReceiver | TLSFileReceiver
+        if release is None:
+            receiver = FileReceiver(upload, connection)
+        else:
+            receiver = TLSFileReceiver(upload, connection, reactor)
 
         def closed(clean: bool) -> Outcome:
             if receiver.error is not None:
@@ -358,7 +379,10 @@ class Upload(Job[IUpload]):
                 return Reply.TRANSFER_COMPLETE, f"Transfer complete; stored as {name}"
             return Reply.TRANSFER_COMPLETE, "Transfer complete"
 
-        return receiver.start().addCallback(closed)
+        received = receiver.start()
+        if release is not None:
+            received.addBoth(release)
+        return received.addCallback(closed)
 
     def finish(self, upload: IUpload, ok: bool) -> Deferred[Any]:
         return upload.commit() if ok else upload.abort()
