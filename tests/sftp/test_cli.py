@@ -13,6 +13,8 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from securetransport.cli import main
+from securetransport.config import load_config
+from securetransport.edge.settings import settings_digest
 from securetransport.sftp.keys import write_ssh_keys
 from securetransport.userstore import ssh_key_fingerprint
 
@@ -95,7 +97,9 @@ class SSHCommandTests(SynchronousTestCase):
         self.assertIn("fingerprint", err)
 
     def test_check_loads_host_keys(self) -> None:
-        self.assertEqual(self.run_cli("check")[:2], (0, "OK\n"))
+        digest = settings_digest(load_config(self.config))
+        self.assertRegex(digest, "^[0-9a-f]{64}$")
+        self.assertEqual(self.run_cli("check")[:2], (0, f"OK\nssl-access digest {digest}\n"))
         (self.folder / "keys" / "ssh_host_ed25519_key").chmod(0o640)
         code, out, err = self.run_cli("check")
         self.assertEqual(code, 1)
