@@ -76,7 +76,8 @@ ca = "pki/link-ca.crt"
             "direct": f"ftp://127.0.0.1:{server.explicit_port}",
             "via edge": f"ftp://{EDGE_HOST}:{edge.explicit_port}",
         }
-        pids = [server.pid(), edge.process.pid if edge.process else 0]
+        assert edge.process is not None
+        pids = [server.pid, edge.process.pid]
         results: dict[str, dict[str, list[float]]] = {r: {} for r in routes}
 
         def timed(route: str, metric: str, per: float, action: Callable[[], None]) -> None:
