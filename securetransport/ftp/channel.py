@@ -40,6 +40,9 @@ class IControlChannel(Interface):
     peer_port = Attribute("int: the client's port")
     local_host = Attribute("str: the address the client connected to")
     local_port = Attribute("int: the port the client connected to")
+    announced = Attribute(
+        "str: the passive address this channel's side announces (an edge's), or empty"
+    )
 
     def send(data: bytes) -> None:
         """Queue bytes for the client."""
@@ -88,6 +91,8 @@ class IControlChannel(Interface):
 @implementer(IControlChannel)
 class LocalControlChannel:
     """A control connection on a Twisted transport in this process."""
+
+    announced = ""  # PASV announces [passive] address, or the address the client reached
 
     via: str | None = None  # an edge link's channel names its edge (audit "via")
 

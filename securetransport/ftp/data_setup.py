@@ -74,7 +74,7 @@ class DataSetupCommands:
             return None
         # Through an edge, the edge's own passive address (section 8) comes first.
         announced = (
-            getattr(session.channel, "announced", "")
+            session.channel.announced
             or session.config.passive.address
             or normalize_address(session.channel.local_host)
         )

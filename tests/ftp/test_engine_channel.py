@@ -37,6 +37,7 @@ class FakeChannel:
     peer_port = 50000
     local_host = "192.0.2.1"
     local_port = 2121
+    announced = ""
 
     def __init__(self, tls_ready: bool = True) -> None:
         self.sent = b""
