@@ -6,7 +6,6 @@ The rule (SPEC section 9): ssh-audit reports no failure item: no algorithm with 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from scan.venv import REPO, SetupError, _run
+from scan.venv import REPO, ensure_tool
 
 VENV: Final = REPO / ".venv-ssh-audit"
 REQUIREMENT: Final = "ssh-audit~=3.9"
@@ -27,27 +26,9 @@ class AuditError(Exception):
     """ssh-audit gave no usable result; the message is one line."""
 
 
-def ssh_audit_executable(venv: Path = VENV) -> Path:
-    return venv / "bin" / "ssh-audit"
-
-
 def ensure_ssh_audit(venv: Path = VENV, python: str = sys.executable) -> Path:
-    """Create `venv` with ssh-audit unless done before; return the executable (locked)."""
-    venv.mkdir(parents=True, exist_ok=True)
-    marker = venv / ".installed"
-    with open(venv / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists() and ssh_audit_executable(venv).exists():
-            return ssh_audit_executable(venv)
-        _run([python, "-m", "venv", str(venv)], "create the ssh-audit venv")
-        _run(
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", REQUIREMENT],
-            f"pip install {REQUIREMENT}",
-        )
-        if not ssh_audit_executable(venv).exists():
-            raise SetupError(f"pip installed {REQUIREMENT} but ssh-audit is missing")
-        marker.write_text(REQUIREMENT + "\n")
-    return ssh_audit_executable(venv)
+    """The ssh-audit executable, from its own venv (made on first use)."""
+    return ensure_tool(venv, REQUIREMENT, "ssh-audit", python)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The separate venv sslyze runs from (it pins an older cryptography than pyOpenSSL needs)."""
+"""The separate venvs scanning tools run from (sslyze pins an older cryptography than
+pyOpenSSL needs; ssh-audit is kept apart the same way)."""
 
 from __future__ import annotations
 
@@ -17,36 +18,37 @@ INSTALL_TIMEOUT: Final = 900.0
 
 
 class SetupError(Exception):
-    """The sslyze venv could not be made; the message is one line."""
+    """A tool's venv could not be made; the message is one line."""
 
 
-def sslyze_executable(venv: Path = VENV) -> Path:
-    return venv / "bin" / "sslyze"
-
-
-def ensure_sslyze(venv: Path = VENV, python: str = sys.executable) -> Path:
-    """Create `venv` with sslyze in it unless done before; return the `sslyze` executable.
+def ensure_tool(venv: Path, requirement: str, executable: str, python: str) -> Path:
+    """Create `venv` with `requirement` installed unless done before; return its
+    `executable` from `venv/bin`.
 
     Safe to call from several processes at once (a lock file inside the venv folder).
     A marker written after pip succeeds tells a finished venv from a broken-off one.
     """
+    program = venv / "bin" / executable
     venv.mkdir(parents=True, exist_ok=True)
     marker = venv / ".installed"
     with open(venv / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists() and sslyze_executable(venv).exists():
-            return sslyze_executable(venv)
-        _run([python, "-m", "venv", str(venv)], "create the venv")
+        if marker.exists() and program.exists():
+            return program
+        _run([python, "-m", "venv", str(venv)], f"create the {executable} venv")
         _run(
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", REQUIREMENT],
-            f"pip install {REQUIREMENT}",
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", requirement],
+            f"pip install {requirement}",
         )
-        if not sslyze_executable(venv).exists():
-            raise SetupError(
-                f"pip installed {REQUIREMENT} but {sslyze_executable(venv)} is missing"
-            )
-        marker.write_text(REQUIREMENT + "\n")
-    return sslyze_executable(venv)
+        if not program.exists():
+            raise SetupError(f"pip installed {requirement} but {program} is missing")
+        marker.write_text(requirement + "\n")
+    return program
+
+
+def ensure_sslyze(venv: Path = VENV, python: str = sys.executable) -> Path:
+    """The sslyze executable, from its own venv (made on first use)."""
+    return ensure_tool(venv, REQUIREMENT, "sslyze", python)
 
 
 def _run(argv: list[str], what: str) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import builtins
 import json
-from dataclasses import fields
 from typing import Any
 
 from zope.interface import implementer
@@ -84,10 +83,6 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
     ),
 }
-
-# The Account field that holds SSH public keys (SPEC section 9), when this build has one.
-_ACCOUNT_FIELDS = {f.name for f in fields(Account)}
-KEY_FIELD = next((n for n in ("ssh_keys", "keys", "public_keys") if n in _ACCOUNT_FIELDS), None)
 
 
 class SchemaError(UserStoreError):
@@ -219,12 +214,9 @@ class PostgreSQLUserStore:
         pins = conn.execute(
             "SELECT fingerprint FROM certificates WHERE name = %s ORDER BY position", (name,)
         ).fetchall()
-        extra: dict[str, Any] = {}
-        if KEY_FIELD is not None:
-            keys = conn.execute(
-                "SELECT key FROM ssh_keys WHERE name = %s ORDER BY position", (name,)
-            ).fetchall()
-            extra[KEY_FIELD] = tuple(k for (k,) in keys)
+        keys = conn.execute(
+            "SELECT key FROM ssh_keys WHERE name = %s ORDER BY position", (name,)
+        ).fetchall()
         return Account(
             name=name,
             password_hash=password_hash,
@@ -233,7 +225,7 @@ class PostgreSQLUserStore:
             certificates=tuple(f for (f,) in pins),
             read_only=bool(read_only),
             enabled=bool(enabled),
-            **extra,
+            ssh_keys=tuple(k for (k,) in keys),
         )
 
     @staticmethod
@@ -250,12 +242,10 @@ class PostgreSQLUserStore:
                 "INSERT INTO certificates (name, position, fingerprint) VALUES (%s, %s, %s)",
                 [(name, i, f) for i, f in enumerate(account.certificates)],
             )
-            if KEY_FIELD is not None:
-                keys = tuple(dict.fromkeys(getattr(account, KEY_FIELD) or ()))
-                cursor.executemany(
-                    "INSERT INTO ssh_keys (name, position, key) VALUES (%s, %s, %s)",
-                    [(name, i, str(k)) for i, k in enumerate(keys)],
-                )
+            cursor.executemany(
+                "INSERT INTO ssh_keys (name, position, key) VALUES (%s, %s, %s)",
+                [(name, i, k) for i, k in enumerate(dict.fromkeys(account.ssh_keys))],
+            )
 
     # -- IUserStore --------------------------------------------------------------------------
     def get(self, name: str) -> Account | None:

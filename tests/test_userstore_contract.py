@@ -70,6 +70,14 @@ class UserStoreContract:
         self.assertIsNone(self.store.get("bob"))  # type: ignore[attr-defined]
         self.assertIsNone(self.store.get("ALICE"))  # type: ignore[attr-defined]
 
+    def test_ssh_keys_round_trip_in_order(self) -> None:
+        first = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+        second = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBQ9dsZZ3yZDL8uV/3J1ve4JmA0vZ7g4hNObJo5hFwzT"
+        self.store.add(Account(name="keyed", ssh_keys=(second, first)))
+        self.assertEqual(self.store.get("keyed").ssh_keys, (second, first))  # type: ignore[attr-defined]
+        self.store.update(Account(name="keyed", ssh_keys=(first,)))
+        self.assertEqual(self.store.get("keyed").ssh_keys, (first,))  # type: ignore[attr-defined]
+
     def test_defaults_round_trip(self) -> None:
         self.store.add(Account(name="cert-only"))
         self.assertEqual(self.store.get("cert-only"), Account(name="cert-only"))  # type: ignore[attr-defined]
