@@ -120,10 +120,13 @@ class _Table:
 def _layout(
     workers: int, sessions: int, addresses: int, names: int, address_ring: int, name_ring: int
 ) -> tuple[int, _Table, _Table, _Table]:
-    """Where the per-worker totals and the three tables lie, from the header's numbers."""
+    """Where the per-worker totals and the three tables lie, from the header's numbers.
+
+    Per worker: its open sessions, then (one array further) the sessions it ever opened.
+    """
     totals = _round_up(_HEADER.size)
     session_table = _Table(
-        _round_up(totals + 8 * workers), sessions, _round_up(_KEY.size + 4 * workers, 8)
+        _round_up(totals + 16 * workers), sessions, _round_up(_KEY.size + 4 * workers, 8)
     )
     address_size = _round_up(_KEY.size + _ADDRESS.size + 8 * address_ring, 8)
     address_table = _Table(session_table.end, addresses, address_size)
@@ -288,10 +291,16 @@ class SharedLimits:
     def set_counts(self, offset: int, counts: list[int]) -> None:
         self._counts.pack_into(self._memory, offset + _KEY.size, *counts)
 
-    def session_totals(self) -> list[int]:
-        """Open sessions of each worker."""
+    def opened(self) -> list[int]:
+        return list(self._totals.unpack_from(self._memory, self._totals_offset + 8 * self.workers))
+
+    def set_opened(self, opened: list[int]) -> None:
+        self._totals.pack_into(self._memory, self._totals_offset + 8 * self.workers, *opened)
+
+    def worker_loads(self) -> list[tuple[int, int]]:
+        """Each worker's open sessions and the sessions it has opened since the file was made."""
         with self.locked():
-            return self.totals()
+            return list(zip(self.totals(), self.opened(), strict=True))
 
     def forget_worker(self, worker: int) -> None:
         """A worker process ended: its open sessions are gone (call from the supervisor)."""
@@ -367,8 +376,11 @@ class SharedSessionCounter:
                 return False
             counts[self.worker] += 1
             totals[self.worker] += 1
+            opened = limits.opened()
+            opened[self.worker] += 1
             limits.set_counts(offset, counts)
             limits.set_totals(totals)
+            limits.set_opened(opened)
             return True
 
     def close(self, address: str) -> None:

@@ -97,9 +97,11 @@ def restart_delay(restarts: Sequence[float], now: float) -> float:
     return max(RESTART_DELAY, recent[-RESTARTS_PER_MINUTE] + 60.0 - now)
 
 
-def accept_now(mine: int, others: Sequence[int]) -> bool:
-    """Whether a worker with `mine` open sessions takes a new connection at once, or
-    first leaves it a moment to a worker holding fewer (least sessions first)."""
+def accept_now(mine: tuple[int, int], others: Sequence[tuple[int, int]]) -> bool:
+    """Whether a worker takes a new connection at once, or first leaves it a moment to
+    another. A load is (open sessions, sessions opened so far): least open sessions
+    first; between equals, the one that has opened fewer, so that sessions one after the
+    other take turns instead of all landing on whichever worker the kernel wakes first."""
     return not others or mine <= min(others)
 
 
@@ -132,8 +134,8 @@ class BalancedPort(tcp.Port):
 
     Every worker is woken for each new connection; the first to call accept() gets it.
     This port accepts one connection per wake-up (Twisted accepts up to 100), and a worker
-    holding more sessions than another one pauses `ACCEPT_PAUSE` before accepting, so
-    that a burst of connections spreads over the workers. It pauses at most once per
+    with a heavier load than another one (`accept_now`) pauses `ACCEPT_PAUSE` before
+    accepting, so that connections spread over the workers. It pauses at most once per
     wake-up: a dead or stuck worker delays new sessions by that much, never more.
     """
 
@@ -143,9 +145,9 @@ class BalancedPort(tcp.Port):
 
     def doRead(self) -> None:
         if not self._paused:
-            totals = self.limits.session_totals()
-            others = totals[: self.index] + totals[self.index + 1 :]
-            if not accept_now(totals[self.index], others):
+            loads = self.limits.worker_loads()
+            others = loads[: self.index] + loads[self.index + 1 :]
+            if not accept_now(loads[self.index], others):
                 self._paused = True
                 self.stopReading()
                 reactor: Any = self.reactor

@@ -44,13 +44,15 @@ class PassiveSliceTests(SynchronousTestCase):
 
 
 class AcceptNowTests(SynchronousTestCase):
-    def test_least_sessions_first(self) -> None:
-        cases = [
-            (0, [], True),  # alone
-            (0, [0], True),  # equal: whoever is first
-            (3, [3, 5], True),
-            (1, [0], False),  # another worker holds fewer: leave it the connection
-            (4, [9, 3], False),
+    def test_least_sessions_first_then_fewest_opened(self) -> None:
+        cases: list[tuple[tuple[int, int], list[tuple[int, int]], bool]] = [
+            ((0, 0), [], True),  # alone
+            ((0, 4), [(0, 4)], True),  # equal: whoever is first
+            ((3, 9), [(3, 9), (5, 0)], True),
+            ((1, 0), [(0, 7)], False),  # another worker holds fewer: leave it the connection
+            ((4, 1), [(9, 0), (3, 50)], False),
+            ((0, 5), [(0, 4)], False),  # as many open, but it opened fewer: its turn
+            ((0, 4), [(0, 5), (1, 0)], True),
         ]
         for mine, others, expected in cases:
             self.assertEqual(accept_now(mine, others), expected, (mine, others))
