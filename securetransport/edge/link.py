@@ -1,7 +1,10 @@
 """The link between a server and its edge: frames, mutual TLS 1.3, heartbeats (SPEC section 8).
 
-One link connection carries one client connection (control or data) for its whole life,
-so TCP's flow control works per client connection. A frame is
+One link connection carries one client connection (control or data) at a time, for its
+whole life, so TCP's flow control works per client connection. When the client connection
+is over (the edge's CLOSE), the server answers RESET after everything it sent for it, and
+the link connection goes back to both pools: sessions do not pay for link handshakes.
+A frame is
 
     +-------------------+--------+-------------------+
     | length (4 bytes,  | type   | payload           |
@@ -25,12 +28,16 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from OpenSSL import crypto
-from twisted.internet.interfaces import IDelayedCall
+from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
 from twisted.internet.protocol import Protocol
-from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from securetransport.pki import (
     CLIENT_AUTH,
@@ -70,6 +77,7 @@ class Frame(enum.IntEnum):
     PING = 12  # both, any time: resets the peer's heartbeat deadline
     REFUSED = 13  # E: {"reason"}: the edge refused the link connection (before use)
     CONNECT = 14  # S: {"token", "host", "port", "reuse", "timeout", "direction"}: PORT/EPRT
+    RESET = 15  # S: answers the edge's CLOSE: the link connection is idle again (pool)
 
 
 class FrameError(Exception):
@@ -163,25 +171,56 @@ def _pem_chain(path: Path) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(path.read_bytes())
 
 
-def link_tls_options(certificate: Path, private_key: Path, ca: Path) -> CertificateOptions:
-    """Mutual TLS 1.3 with the link PKI: our certificate, and the peer's must chain to `ca`.
+def _chain_ok(
+    connection: SSL.Connection, certificate: crypto.X509, error: int, depth: int, ok: int
+) -> bool:
+    """OpenSSL's verdict on the peer's chain against the link CA stands."""
+    return bool(ok)
 
-    The same options serve the edge (TLS server) and the server (TLS client); the peer's
-    chain is verified against `ca` alone, and no certificate means no link.
+
+@implementer(IOpenSSLServerConnectionCreator, IOpenSSLClientConnectionCreator)
+class LinkTLS:
+    """Mutual TLS 1.3 with the link PKI, for `listenSSL` (edge) and `connectSSL` (server):
+    our certificate, and the peer's must chain to `ca`; no certificate means no link.
+
+    The same context serves the edge (TLS server) and the server (TLS client). One
+    context for every link connection: the client side resumes its TLS sessions.
     """
-    chain = _pem_chain(certificate)
-    key = serialization.load_pem_private_key(private_key.read_bytes(), password=None)
-    cas = _pem_chain(ca)
-    return CertificateOptions(
-        privateKey=crypto.PKey.from_cryptography_key(key),  # type: ignore[arg-type]
-        certificate=crypto.X509.from_cryptography(chain[0]),
-        extraCertChain=[crypto.X509.from_cryptography(c) for c in chain[1:]],
-        verify=True,
-        caCerts=[crypto.X509.from_cryptography(c) for c in cas],
-        requireCertificate=True,
-        raiseMinimumTo=TLSVersion.TLSv1_3,
-        enableSessionTickets=True,
-    )
+
+    def __init__(self, certificate: Path, private_key: Path, ca: Path) -> None:
+        chain = _pem_chain(certificate)
+        key = serialization.load_pem_private_key(private_key.read_bytes(), password=None)
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.set_min_proto_version(SSL.TLS1_3_VERSION)
+        context.set_options(SSL.OP_NO_COMPRESSION)
+        context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+        context.use_certificate(chain[0])
+        for extra in chain[1:]:
+            context.add_extra_chain_cert(extra)
+        context.use_privatekey(key)  # type: ignore[arg-type]
+        context.check_privatekey()
+        store = context.get_cert_store()
+        assert store is not None
+        for trusted in _pem_chain(ca):
+            store.add_cert(crypto.X509.from_cryptography(trusted))
+        context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _chain_ok)
+        context.set_session_id(b"securetransport-link")
+        self._context = context
+
+    def serverConnectionForTLS(self, protocol: object) -> SSL.Connection:  # noqa: N802
+        connection = SSL.Connection(self._context, None)
+        connection.set_accept_state()
+        return connection
+
+    def clientConnectionForTLS(self, protocol: object) -> SSL.Connection:  # noqa: N802
+        connection = SSL.Connection(self._context, None)
+        connection.set_connect_state()
+        return connection
+
+
+def link_tls_options(certificate: Path, private_key: Path, ca: Path) -> LinkTLS:
+    """The link's TLS context factory (see `LinkTLS`)."""
+    return LinkTLS(certificate, private_key, ca)
 
 
 def init_link_pki(

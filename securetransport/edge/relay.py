@@ -1,7 +1,8 @@
 """The edge (SPEC section 8): the clients' sockets and TLS, relayed to the server.
 
 The edge listens for its server's link connections (mutual TLS 1.3) and keeps the idle
-ones in a pool; each client connection (control or data) takes one for its whole life.
+ones in a pool; each client connection (control or data) takes one for its whole life,
+and gives it back when it ends (CLOSE, answered by the server's RESET).
 It makes no decision: the server's engine answers every command, and the edge applies
 the settings the server pushed (SETTINGS) before it serves anyone. What the edge does
 on its own is what needs the sockets: TLS handshakes on a per-session context, the
@@ -89,6 +90,12 @@ class EdgeLink(LinkProtocol):
                 self.ready = True
                 self.edge.link_ready(self)
             return
+        if kind is Frame.RESET:
+            if not isinstance(self.client, _Closed):
+                raise FrameError("RESET on a link connection not released")
+            self.client = None
+            self.edge.link_ready(self)
+            return
         if self.client is None:
             raise FrameError(f"{kind.name} on an idle link connection")
         self.client.link_frame(kind, payload)
@@ -114,9 +121,16 @@ class EdgeLink(LinkProtocol):
         link.registerProducer(_Pauser(transport.pauseProducing, transport.resumeProducing), True)
         transport.registerProducer(_Pauser(self.pause_link, self.resume_link), True)
 
-    def close(self) -> None:
-        if self.transport is not None and not self.lost:
-            self.transport.loseConnection()
+    def release(self, clean: bool) -> None:
+        """The client connection is gone: CLOSE to the server, then wait for its RESET
+        (frames sent for the old client connection until then are dropped)."""
+        self.client = _Closed()
+        if self.transport is None or self.lost:
+            return
+        link: Any = self.transport
+        link.unregisterProducer()
+        self.send_json(Frame.CLOSE, {"clean": clean})
+        self.resume_link()
 
 
 @implementer(IHandshakeListener)
@@ -281,10 +295,7 @@ class EdgeControl(Protocol):
             passive.drop_listener()
         link, self.link = self.link, None
         if link is not None:
-            link.client = None
-            clean = reason is None or reason.check(netError.ConnectionDone) is not None
-            link.send_json(Frame.CLOSE, {"clean": clean})
-            link.close()
+            link.release(reason is None or reason.check(netError.ConnectionDone) is not None)
 
 
 class EdgePassive:
@@ -386,8 +397,7 @@ class EdgePassive:
         if error.code == 522 and self.info is not None:  # the binding check refused it
             link.send_json(Frame.DATA_TLS, {"info": info_to_json(self.info), "problem": error.text})
         # Otherwise the handshake failed or the client left first: a close before ready.
-        link.send_json(Frame.CLOSE, {"clean": False})
-        link.close()
+        link.release(False)
 
     def drop_listener(self) -> None:
         self.channel._stop_listening()
@@ -432,9 +442,7 @@ class EdgeData:
             return
         self.ended = True
         self.done()
-        self.link.client = None
-        self.link.send_json(Frame.CLOSE, {"clean": bool(clean)})
-        self.link.close()
+        self.link.release(bool(clean))
 
     def link_frame(self, kind: Frame, payload: bytes) -> None:
         if kind is Frame.DATA:

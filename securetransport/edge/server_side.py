@@ -18,14 +18,20 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener, IListeningPort
 from twisted.internet.protocol import ClientFactory
-from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from securetransport.client import normalize_address
 from securetransport.config import EdgeConfig, SessionReuse
-from securetransport.edge.link import Frame, FrameError, LinkProtocol, decode_json, info_from_json
+from securetransport.edge.link import (
+    Frame,
+    FrameError,
+    LinkProtocol,
+    LinkTLS,
+    decode_json,
+    info_from_json,
+)
 from securetransport.edge.settings import digest_of
 from securetransport.ftp.channel import DataReport, IControlChannel
 from securetransport.ftp.data import DataChannel, DataConnection, DataError, DataTLS
@@ -46,11 +52,66 @@ def _address(host: str, port: int) -> IPv4Address | IPv6Address:
     return IPv4Address("TCP", host, port)
 
 
+class LinkUse:
+    """One client connection's hold on a link connection. The link connection goes back
+    to the pool when that client connection is over (RESET); whatever is sent for it
+    after that (a late reply, a stray close) is dropped, never delivered to the next one."""
+
+    def __init__(self, link: ServerLink) -> None:
+        self.link = link
+        self.generation = link.generation
+        self.dialer = link.dialer
+        self.reactor = link.reactor
+
+    @property
+    def current(self) -> bool:
+        """Whether the link connection still carries this client connection."""
+        return self.link.generation == self.generation and not self.link.lost
+
+    @property
+    def lost(self) -> bool:
+        return not self.current
+
+    @property
+    def transport(self) -> Any:
+        return self.link.transport if self.current else None
+
+    @property
+    def listen_tokens(self) -> set[str]:
+        return self.link.listen_tokens if self.current else set()
+
+    def send(self, kind: Frame, payload: bytes = b"") -> None:
+        if self.current:
+            self.link.send(kind, payload)
+
+    def send_json(self, kind: Frame, value: dict[str, Any]) -> None:
+        if self.current:
+            self.link.send_json(kind, value)
+
+    def send_data(self, data: bytes) -> None:
+        if self.current:
+            self.link.send_data(data)
+
+    def pause_link(self) -> None:
+        if self.current:
+            self.link.pause_link()
+
+    def resume_link(self) -> None:
+        if self.current:
+            self.link.resume_link()
+
+    def await_tls(self) -> None:
+        """START_TLS is out: client bytes are dropped until TLS_UP."""
+        if self.current:
+            self.link.awaiting_tls = True
+            self.link.send(Frame.START_TLS)
+
+
 class LinkTransport:
     """What a session (or a data connection) on the server sees as its transport: the
     client connection at the edge, reached through one link connection."""
 
-    def __init__(self, link: ServerLink, peer: tuple[str, int], host: tuple[str, int]) -> None:
+    def __init__(self, link: LinkUse, peer: tuple[str, int], host: tuple[str, int]) -> None:
         self.link = link
         self._peer = _address(*peer)
         self._host = _address(*host)
@@ -105,7 +166,7 @@ class LinkTransport:
 class LinkControlChannel:
     """IControlChannel over a link connection: the client's sockets and TLS are at the edge."""
 
-    def __init__(self, link: ServerLink, session: Any, opened: dict[str, Any]) -> None:
+    def __init__(self, link: LinkUse, session: Any, opened: dict[str, Any]) -> None:
         self.link = link
         self.protocol = session  # the FTPSession shell
         self.peer = normalize_address(str(opened["address"]))
@@ -139,8 +200,7 @@ class LinkControlChannel:
         # Lines received but not served are dropped here; DATA frames that arrive before
         # TLS_UP were read in clear by the edge before it started TLS: dropped too.
         self.protocol._drop_input()
-        self.link.awaiting_tls = True
-        self.link.send(Frame.START_TLS)
+        self.link.await_tls()
 
     def pause_reading(self) -> None:
         self.link.pause_link()
@@ -196,7 +256,7 @@ class LinkControlChannel:
 class _RemoteListening:
     """The edge's passive listener, as DataChannel sees it."""
 
-    def __init__(self, link: ServerLink, token: str, port: int) -> None:
+    def __init__(self, link: LinkUse, token: str, port: int) -> None:
         self.link = link
         self.token = token
         self.port = port
@@ -249,7 +309,7 @@ class RelayedDataChannel(DataChannel):
         reuse: SessionReuse | None,
         report: DataReport,
         timeout: float,
-        control: ServerLink | None,
+        control: LinkUse | None,
         token: str,
     ) -> None:
         tls = DataTLS(None, lambda connection: None) if reuse is not None else None
@@ -291,7 +351,7 @@ class RelayedDataChannel(DataChannel):
         if self.control is not None and not self.control.lost:
             self.control.send_json(Frame.EXPECT, {"token": self.token, "direction": direction})
 
-    def data_link(self, link: ServerLink, opened: dict[str, Any]) -> RelayedDataConnection | None:
+    def data_link(self, link: LinkUse, opened: dict[str, Any]) -> RelayedDataConnection | None:
         """The edge accepted the client's data connection on `link`."""
         host = normalize_address(str(opened.get("address", "")))
         if host != self.peer_host or self.connection is not None:
@@ -328,6 +388,7 @@ class ServerLink(LinkProtocol):
         self.data: RelayedDataConnection | None = None
         self.data_channel: RelayedDataChannel | None = None
         self.listen_tokens: set[str] = set()
+        self.generation = 0  # one more each time the link connection goes back to the pool
         self.gone: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
@@ -369,8 +430,7 @@ class ServerLink(LinkProtocol):
         elif kind is Frame.CLOSE:
             clean = bool(decode_json(payload).get("clean"))
             self._client_gone(clean)
-            if self.transport is not None:
-                self.transport.loseConnection()
+            self._reset()
         elif kind is Frame.REFUSED:
             log.warn(
                 "edge {edge} refused a link connection: {why}",
@@ -385,16 +445,17 @@ class ServerLink(LinkProtocol):
             raise FrameError("OPEN on a link connection already in use")
         self.used = True
         self.dialer.taken(self)
+        use = LinkUse(self)
         kind = opened.get("kind")
         if kind == "control":
-            self._open_control(opened)
+            self._open_control(use, opened)
         elif kind == "data":
             token = str(opened.get("token", ""))
             pending = self.dialer.listening.get(token)
             connection = None
             if pending is not None:
                 self.data_channel = pending[0]
-                connection = pending[0].data_link(self, opened)
+                connection = pending[0].data_link(use, opened)
             if connection is None:
                 self.send_json(Frame.CLOSE, {"how": "abort"})
                 return
@@ -402,7 +463,7 @@ class ServerLink(LinkProtocol):
         else:
             raise FrameError(f"OPEN of unknown kind {kind!r}")
 
-    def _open_control(self, opened: dict[str, Any]) -> None:
+    def _open_control(self, use: LinkUse, opened: dict[str, Any]) -> None:
         from securetransport.ftp.protocol import FTPSession
 
         runtime = self.dialer.runtime
@@ -413,10 +474,10 @@ class ServerLink(LinkProtocol):
         except (KeyError, ValueError) as error:
             raise FrameError(f"bad OPEN: {error}") from None
         session = FTPSession(
-            runtime, implicit, make_channel=lambda s: LinkControlChannel(self, s, opened)
+            runtime, implicit, make_channel=lambda s: LinkControlChannel(use, s, opened)
         )
         self.session = session
-        session.makeConnection(LinkTransport(self, peer, host))
+        session.makeConnection(LinkTransport(use, peer, host))
 
     def _listening(self, value: dict[str, Any]) -> None:
         token = str(value.get("token", ""))
@@ -448,13 +509,33 @@ class ServerLink(LinkProtocol):
         if data is not None:
             data.connectionLost(reason)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        super().connectionLost(reason)
+    def _drop_listening(self, why: str) -> None:
         for token in list(self.listen_tokens):
             pending = self.dialer.listening.pop(token, None)
             if pending is not None and not pending[1].called:
-                pending[1].errback(Failure(NoPassivePort("link lost")))
+                pending[1].errback(Failure(NoPassivePort(why)))
         self.listen_tokens.clear()
+
+    def _reset(self) -> None:
+        """The client connection is over on both sides: the link connection is idle
+        again. RESET tells the edge, after everything sent for the old client connection;
+        the edge puts the link connection back in its pool when it reads it."""
+        self._drop_listening("client connection closed")
+        self.generation += 1
+        self.used = False
+        self.awaiting_tls = False
+        self.session = None
+        self.data = None
+        self.data_channel = None
+        if self.transport is not None and not self.lost:
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+        self.resume_link()
+        self.send(Frame.RESET)
+        self.dialer.returned(self)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        super().connectionLost(reason)
+        self._drop_listening("link lost")
         if self.session is not None or self.data is not None:
             self._client_gone(False)
         self.dialer.links.discard(self)
@@ -489,7 +570,7 @@ class EdgeDialer:
         reactor: Any,
         runtime: Any,
         edge: EdgeConfig,
-        options: CertificateOptions,
+        options: LinkTLS,
         settings: Any,
         pool_size: int = POOL_SIZE,
     ) -> None:
@@ -503,6 +584,7 @@ class EdgeDialer:
         self.links: set[ServerLink] = set()  # every connected link connection, idle or used
         self.connectors: set[Any] = set()
         self.dialling = 0
+        self.dialled = 0  # link connections dialled so far
         self.delay = 0.0
         self.running = False
         self.was_up = False
@@ -540,6 +622,7 @@ class EdgeDialer:
             return
         while len(self.idle) + self.dialling < self.pool_size:
             self.dialling += 1
+            self.dialled += 1
             connector = self.reactor.connectSSL(
                 self.edge.address, self.edge.port, _LinkFactory(self), self.options, timeout=10
             )
@@ -570,6 +653,17 @@ class EdgeDialer:
     def taken(self, link: ServerLink) -> None:
         self.idle.discard(link)
         self.top_up()
+
+    def returned(self, link: ServerLink) -> None:
+        """A link connection whose client connection is over: idle again, unless the pool
+        already holds twice its size (what a burst left behind is closed)."""
+        if link.lost:
+            return
+        if not self.running or len(self.idle) >= 2 * self.pool_size:
+            if link.transport is not None:
+                link.transport.loseConnection()
+            return
+        self.idle.add(link)
 
     def failed(self, reason: Failure) -> None:
         self.dialling = max(0, self.dialling - 1)

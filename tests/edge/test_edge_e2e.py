@@ -543,3 +543,38 @@ class EdgePoolTests(TestCase):
 
         replies = yield in_thread(run)
         self.assertEqual([r[:3] for r in replies], ["220"] * count)
+
+    @defer.inlineCallbacks
+    def test_link_connections_go_back_to_the_pool(self) -> Any:
+        """Sessions one after the other, each with data connections, reuse the pooled
+        link connections: no new link handshake per client connection."""
+        setup = EdgeSetup(self)
+        yield setup.start()
+        (dialer,) = setup.server.service.edge_dialers
+        yield setup.wait_for(
+            lambda: len(dialer.idle) == POOL_SIZE and len(setup.edge.idle) == POOL_SIZE
+        )
+        dialled = dialer.dialled
+        payload = os.urandom(256 * 1024 + 3)
+        sessions = 6
+
+        def run() -> list[str]:
+            digests = []
+            for number in range(sessions):
+                ftp = setup.ftps()
+                ftp.storbinary(f"STOR file{number}.bin", io.BytesIO(payload))
+                digest = hashlib.sha256()
+                ftp.retrbinary(f"RETR file{number}.bin", digest.update)
+                ftp.retrlines("LIST", lambda line: None)
+                ftp.quit()
+                digests.append(digest.hexdigest())
+            return digests
+
+        digests = yield in_thread(run)
+        self.assertEqual(digests, [hashlib.sha256(payload).hexdigest()] * sessions)
+        # 6 sessions x (1 control + 3 data connections) = 24 client connections, and each
+        # ended; their link connections are idle again on both sides.
+        yield setup.wait_for(lambda: len(setup.edge.idle) >= POOL_SIZE and not setup.edge.clients)
+        self.assertLessEqual(dialer.dialled - dialled, POOL_SIZE)
+        self.assertLessEqual(len(dialer.links), 2 * POOL_SIZE)
+        self.assertGreaterEqual(sum(link.generation for link in dialer.links), 4 * sessions)

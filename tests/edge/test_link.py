@@ -149,3 +149,76 @@ class HeartbeatTests(SynchronousTestCase):
         protocol.dataReceived(encode_json(Frame.CLOSE, {}) + encode(Frame.DATA, b"late"))
         self.assertTrue(transport.disconnecting)
         self.assertEqual(protocol.frames, [])
+
+
+class _Edge:
+    name = "dmz1"
+    address = "127.0.0.3"
+    port = 1
+
+
+class _Producer:
+    def pauseProducing(self) -> None:  # noqa: N802
+        pass
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        pass
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
+
+
+class LinkReuseTests(SynchronousTestCase):
+    """A server's link connection goes back to the pool when its client connection ends."""
+
+    def connect(self) -> tuple[Any, Any, StringTransport]:
+        from securetransport.edge.server_side import EdgeDialer, ServerLink
+
+        dialer = EdgeDialer(Clock(), None, _Edge(), None, lambda: {"settings": {}})  # type: ignore[arg-type]
+        dialer.running = True
+        dialer.top_up = lambda: None  # type: ignore[method-assign]  # no dialling here
+        link = ServerLink(dialer)
+        transport = StringTransport()
+        link.makeConnection(transport)
+        link.handshakeCompleted()
+        self.addCleanup(link.connectionLost, None)
+        self.assertEqual(dialer.idle, {link})
+        transport.clear()
+        return dialer, link, transport
+
+    def frames(self, transport: StringTransport) -> list[tuple[Frame, bytes]]:
+        frames = FrameDecoder().feed(transport.value())
+        transport.clear()
+        return frames
+
+    def test_close_answered_by_reset_and_idle_again(self) -> None:
+        from securetransport.edge.server_side import LinkUse
+
+        dialer, link, transport = self.connect()
+        link.dataReceived(encode_json(Frame.OPEN, {"kind": "data", "token": "unknown"}))
+        self.assertNotIn(link, dialer.idle)
+        self.assertEqual(self.frames(transport), [(Frame.CLOSE, b'{"how":"abort"}')])
+        use = LinkUse(link)  # what the refused client connection's objects would hold
+        transport.registerProducer(_Producer(), True)
+        link.dataReceived(encode_json(Frame.CLOSE, {"clean": False}))
+        self.assertEqual(self.frames(transport), [(Frame.RESET, b"")])
+        self.assertIn(link, dialer.idle)
+        self.assertIsNone(transport.producer)  # the old client connection's producer is off
+        # Late sends for the old client connection go nowhere.
+        use.send_data(b"late reply\r\n")
+        use.send_json(Frame.CLOSE, {"how": "clean"})
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(use.lost)
+        # The next client connection can take it.
+        link.dataReceived(encode_json(Frame.OPEN, {"kind": "data", "token": "other"}))
+        self.assertNotIn(link, dialer.idle)
+        self.assertEqual(self.frames(transport), [(Frame.CLOSE, b'{"how":"abort"}')])
+
+    def test_a_full_pool_closes_what_comes_back(self) -> None:
+        dialer, link, transport = self.connect()
+        link.dataReceived(encode_json(Frame.OPEN, {"kind": "data", "token": "unknown"}))
+        dialer.idle.update(object() for _ in range(2 * dialer.pool_size))  # type: ignore[misc]
+        transport.registerProducer(_Producer(), True)
+        link.dataReceived(encode_json(Frame.CLOSE, {"clean": True}))
+        self.assertNotIn(link, dialer.idle)
+        self.assertTrue(transport.disconnecting)
