@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from securetransport.ftp.data import set_no_delay
 from securetransport.pki import (
     CLIENT_AUTH,
     DEFAULT_DAYS,
@@ -278,6 +279,7 @@ class LinkProtocol(Protocol):
         self._heartbeat: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
+        set_no_delay(self.transport)  # frames are small requests and replies too
         self._last_heard = self.reactor.seconds()
         self._heartbeat = self.reactor.callLater(HEARTBEAT_INTERVAL, self._beat)
 

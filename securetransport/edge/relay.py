@@ -37,7 +37,13 @@ from securetransport.edge.link import (
     peer_common_name,
 )
 from securetransport.edge.settings import apply_settings, digest_of
-from securetransport.ftp.data import DataChannel, DataConnection, DataError, DataTLS
+from securetransport.ftp.data import (
+    DataChannel,
+    DataConnection,
+    DataError,
+    DataTLS,
+    set_no_delay,
+)
 from securetransport.ftp.passive import NoPassivePort, PassivePortProvider
 from securetransport.tls.context import (
     ServerCredentials,
@@ -151,6 +157,7 @@ class EdgeControl(Protocol):
         self.closed = False
 
     def connectionMade(self) -> None:
+        set_no_delay(self.transport, urgent_inline=True)  # as the server does for its own
         self.edge.clients.add(self)
         peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
         self.peer = normalize_address(peer.host)

@@ -9,7 +9,6 @@ a Twisted transport in this process; an edge link is the other one (SPEC section
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +19,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from securetransport.client import normalize_address
 from securetransport.config import SessionReuse
-from securetransport.ftp.data import DataChannel, DataTLS, raw_socket
+from securetransport.ftp.data import DataChannel, DataTLS, set_no_delay
 from securetransport.runtime import ServerRuntime
 from securetransport.tls.context import connection_creator, handshake_info
 from securetransport.tls.facts import HandshakeInfo
@@ -120,14 +119,7 @@ class LocalControlChannel:
 
     def tune(self) -> None:
         """TCP_NODELAY (no Nagle stalls), and SO_OOBINLINE so an urgent ABOR stays in the stream."""
-        sock = raw_socket(self.transport)
-        if sock is None:
-            return
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
-        except OSError:
-            pass
+        set_no_delay(self.transport, urgent_inline=True)
 
     def send(self, data: bytes) -> None:
         self.transport.write(data)

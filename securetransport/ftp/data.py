@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,20 @@ def socket_transport(transport: Any) -> Any:
 def raw_socket(transport: Any) -> Any:
     """The socket under a transport and its wrappers, or None."""
     return getattr(socket_transport(transport), "socket", None)
+
+
+def set_no_delay(transport: Any, urgent_inline: bool = False) -> None:
+    """TCP_NODELAY on the socket under `transport` (no Nagle stall behind a delayed ACK);
+    `urgent_inline`: SO_OOBINLINE too, so an urgent ABOR stays in the stream."""
+    sock = raw_socket(transport)
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if urgent_inline:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+    except OSError:
+        pass
 
 
 def tune_data_transport(transport: Any) -> None:
