@@ -45,6 +45,7 @@ from securetransport.ftp.data import (
     set_no_delay,
 )
 from securetransport.ftp.passive import NoPassivePort, PassivePortProvider
+from securetransport.ftp.tls_pump import TLSFileReceiver, TLSPump, TLSQueueSender
 from securetransport.tls.context import (
     ServerCredentials,
     SessionContextFactory,
@@ -81,6 +82,10 @@ class EdgeLink(LinkProtocol):
         self.edge = edge
         self.client: EdgeControl | EdgeData | _Closed | None = None
         self.ready = False  # settings applied
+        self.congested = False  # the link's send buffer is full
+        self._room_waiters: list[Deferred[None]] = []
+        self._pause_client: Callable[[], None] = lambda: None
+        self._resume_client: Callable[[], None] = lambda: None
         self.gone: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
@@ -116,21 +121,54 @@ class EdgeLink(LinkProtocol):
         client, self.client = self.client, None
         if client is not None:
             client.link_lost()
+        self._link_room()  # nothing waits on a dead link
         self.gone.callback(None)
 
-    def bind(self, client: EdgeControl | EdgeData | _Closed, transport: Any) -> None:
-        """A client connection takes this link connection: back-pressure both ways."""
+    def bind(
+        self,
+        client: EdgeControl | EdgeData | _Closed,
+        transport: Any,
+        pause: Callable[[], None] | None = None,
+        resume: Callable[[], None] | None = None,
+    ) -> None:
+        """A client connection takes this link connection: back-pressure both ways.
+        `pause`/`resume`: how to stop reading the client (default: its transport's)."""
         self.client = client
+        self.congested = False
+        self._pause_client = pause or transport.pauseProducing
+        self._resume_client = resume or transport.resumeProducing
         link: Any = self.transport
         assert link is not None
         # The link slow: stop reading the client. The client slow: stop reading the link.
-        link.registerProducer(_Pauser(transport.pauseProducing, transport.resumeProducing), True)
+        link.registerProducer(_Pauser(self._link_full, self._link_room), True)
         transport.registerProducer(_Pauser(self.pause_link, self.resume_link), True)
+
+    def _link_full(self) -> None:
+        self.congested = True
+        self._pause_client()
+
+    def _link_room(self) -> None:
+        self.congested = False
+        self._resume_client()
+        waiting, self._room_waiters = self._room_waiters, []
+        for waiter in waiting:
+            waiter.callback(None)
+
+    def send_with_room(self, data: bytes) -> Deferred[None]:
+        """Send client bytes; the Deferred fires when the link can take more."""
+        self.send_data(data)
+        waiter: Deferred[None] = Deferred()
+        if self.congested and not self.lost:
+            self._room_waiters.append(waiter)
+        else:
+            waiter.callback(None)
+        return waiter
 
     def release(self, clean: bool) -> None:
         """The client connection is gone: CLOSE to the server, then wait for its RESET
         (frames sent for the old client connection until then are dropped)."""
         self.client = _Closed()
+        self._pause_client = self._resume_client = lambda: None
         if self.transport is None or self.lost:
             return
         link: Any = self.transport
@@ -377,7 +415,9 @@ class EdgePassive:
             return
         self._open(link, connection)
         self.data = EdgeData(link, connection, lambda: self.control.passive.pop(self.token, None))
-        link.bind(self.data, connection.transport)
+        link.bind(
+            self.data, connection.transport, connection.pause_reading, connection.resume_reading
+        )
         if self.info is not None:
             link.send_json(Frame.DATA_TLS, {"info": info_to_json(self.info), "problem": None})
         self.data.start()
@@ -432,13 +472,20 @@ class _Closed:
 
 
 class EdgeData:
-    """A relayed data connection: client bytes to the link, link bytes to the client."""
+    """A relayed data connection: client bytes to the link, link bytes to the client.
+
+    Protected, once the server says which way the transfer goes (EXPECT), the client's
+    TLS moves to a pool thread on the socket (`tls_pump`), as the server does for files:
+    downloads are queued there from the link, uploads read there and sent to the link.
+    """
 
     def __init__(self, link: EdgeLink, connection: DataConnection, done: Any) -> None:
         self.link = link
         self.connection = connection
         self.ended = False
         self.done = done
+        self.sender: TLSQueueSender | None = None
+        self.pumped = False
 
     def start(self) -> None:
         self.connection.attach(self.link.send_data)
@@ -451,14 +498,53 @@ class EdgeData:
         self.done()
         self.link.release(bool(clean))
 
+    def _expect(self, direction: str) -> None:
+        connection = self.connection
+        connection.expect(direction)
+        if self.pumped or direction not in ("send", "receive"):
+            return
+        transport: Any = connection.transport
+        reactor = self.link.edge.reactor
+        if connection.tls is None or transport is None:
+            return
+        # The pump owns the socket: Twisted's producer on it (pausing the link) goes.
+        transport.unregisterProducer()
+        self.link.resume_link()
+        if not TLSPump.usable(connection, reactor):
+            transport.registerProducer(_Pauser(self.link.pause_link, self.link.resume_link), True)
+            return
+        self.pumped = True
+        if direction == "send":
+            self.sender = TLSQueueSender(
+                connection, reactor, self.link.pause_link, self.link.resume_link
+            )
+            self.sender.start().addCallbacks(self._sent, self._pump_failed)
+        else:
+            TLSFileReceiver(_LinkSink(self.link), connection, reactor).start()
+
+    def _sent(self, _: object) -> None:
+        self.sender = None
+        self.connection.finish()
+
+    def _pump_failed(self, failure: Failure) -> None:
+        self.sender = None
+        self.connection.abort()
+
     def link_frame(self, kind: Frame, payload: bytes) -> None:
         if kind is Frame.DATA:
-            self.connection.write(payload)
+            if self.sender is not None:
+                self.sender.feed(payload)
+            else:
+                self.connection.write(payload)
         elif kind is Frame.EXPECT:
-            self.connection.expect(str(decode_json(payload).get("direction")))
+            self._expect(str(decode_json(payload).get("direction")))
         elif kind is Frame.CLOSE:
             if decode_json(payload).get("how") == "abort":
+                if self.sender is not None:
+                    self.sender.stop()
                 self.connection.abort()
+            elif self.sender is not None:
+                self.sender.end()  # finishes (close_notify) once all is sent
             else:
                 # TLS shuts down (close_notify) only once no producer is registered.
                 if self.connection.transport is not None:
@@ -470,7 +556,19 @@ class EdgeData:
     def link_lost(self) -> None:
         """The server is gone: cut the client's data connection without close_notify."""
         self.ended = True
+        if self.sender is not None:
+            self.sender.stop()
         self.connection.abort()
+
+
+class _LinkSink:
+    """A pumped upload's bytes go to the link (`tls_pump.ChunkSink`)."""
+
+    def __init__(self, link: EdgeLink) -> None:
+        self.link = link
+
+    def write(self, data: bytes) -> Deferred[None]:
+        return self.link.send_with_room(data)
 
 
 class _ClientFactory(Factory):

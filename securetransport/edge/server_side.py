@@ -585,6 +585,7 @@ class EdgeDialer:
         self.connectors: set[Any] = set()
         self.dialling = 0
         self.dialled = 0  # link connections dialled so far
+        self.released = 0  # client connections ended on a link connection (RESET sent)
         self.delay = 0.0
         self.running = False
         self.was_up = False
@@ -657,6 +658,7 @@ class EdgeDialer:
     def returned(self, link: ServerLink) -> None:
         """A link connection whose client connection is over: idle again, unless the pool
         already holds twice its size (what a burst left behind is closed)."""
+        self.released += 1
         if link.lost:
             return
         if not self.running or len(self.idle) >= 2 * self.pool_size:

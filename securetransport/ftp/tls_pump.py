@@ -18,9 +18,9 @@ from __future__ import annotations
 import os
 import select
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
@@ -333,6 +333,14 @@ class TLSFileSender(TLSPump):
             offset += got
 
 
+class ChunkSink(Protocol):
+    """Where a `TLSFileReceiver` puts what it reads: an upload, or (at an edge) the link."""
+
+    def write(self, data: bytes) -> Deferred[None]:
+        """Take `data`; the Deferred fires when the sink can take more."""
+        ...
+
+
 class TLSFileReceiver(TLSPump):
     """STOR/APPE/STOU on protected data: `SSL_read` on the socket into the upload.
 
@@ -342,7 +350,7 @@ class TLSFileReceiver(TLSPump):
 
     direction = "receive"
 
-    def __init__(self, upload: IUpload, connection: Any, reactor: Any) -> None:
+    def __init__(self, upload: ChunkSink | IUpload, connection: Any, reactor: Any) -> None:
         super().__init__(connection, reactor)
         self.upload = upload
         self.error: Failure | None = None
@@ -450,3 +458,119 @@ class TLSFileReceiver(TLSPump):
                 if self._stopped:
                     raise _Stop()
         return clean and self.error is None
+
+
+QUEUE_LIMIT = 1 << 20  # bytes a `TLSQueueSender` holds before its feeder is paused
+
+
+class TLSQueueSender(TLSPump):
+    """Protected data fed on the reactor (at an edge: from the link), `SSL_write` on the
+    socket in a pool thread. It holds at most about `QUEUE_LIMIT` bytes: past that it
+    calls `on_full`, and `on_room` once the thread has sent half of it.
+
+    `start()` fires once `end()` was called and everything fed was sent (the caller then
+    finishes the connection), or with a failure. Not handed off (the connection ended or
+    began closing first), what was fed goes through Twisted's TLS layer, as later feeds do.
+    """
+
+    direction = "send"
+
+    def __init__(
+        self,
+        connection: Any,
+        reactor: Any,
+        on_full: Callable[[], None],
+        on_room: Callable[[], None],
+        limit: int = QUEUE_LIMIT,
+    ) -> None:
+        super().__init__(connection, reactor)
+        self.on_full = on_full
+        self.on_room = on_room
+        self.limit = limit
+        self._chunks: deque[bytes] = deque()
+        self._queued = 0
+        self._ended = False
+        self._full = False
+        self._direct = False
+        self._changed = threading.Condition()
+        self._ended_direct: Deferred[None] = Deferred()
+
+    def start(self) -> Deferred[None]:
+        def done(result: object) -> object:
+            if self._stopped:
+                return Failure(_Stop())
+            if result is NOT_PUMPED:
+                self._direct = True
+                with self._changed:
+                    chunks, self._chunks, self._queued = self._chunks, deque(), 0
+                for chunk in chunks:
+                    self.connection.write(chunk)
+                self._room()
+                if self._ended:
+                    return None
+                return self._ended_direct
+            return result
+
+        return self._run(self._pump).addBoth(done)  # type: ignore[return-value]
+
+    def feed(self, data: bytes) -> None:
+        """On the reactor: queue `data` for the thread."""
+        if self._direct:
+            self.connection.write(data)
+            return
+        with self._changed:
+            self._chunks.append(data)
+            self._queued += len(data)
+            full = self._queued >= self.limit
+            self._changed.notify()
+        if full and not self._full:
+            self._full = True
+            self.on_full()
+
+    def end(self) -> None:
+        """On the reactor: nothing more comes; `start()` fires once all is sent."""
+        self._ended = True
+        with self._changed:
+            self._changed.notify()
+        if self._direct and not self._ended_direct.called:
+            self._ended_direct.callback(None)
+
+    def stop(self) -> None:
+        super().stop()
+        with self._changed:
+            self._changed.notify()
+
+    def _room(self) -> None:
+        """On the reactor: resume the feeder once the queue is down to half."""
+        with self._changed:
+            room = self._queued <= self.limit // 2
+        if room and self._full:
+            self._full = False
+            self.on_room()
+
+    def _pump(self) -> None:
+        conn, fd = self._conn, self._fd
+        assert conn is not None
+        connection = self.connection
+        while True:
+            with self._changed:
+                while not self._chunks and not self._ended:
+                    if self._stopped:
+                        raise _Stop()
+                    self._changed.wait(POLL_SECONDS)
+                if not self._chunks:
+                    return  # ended, and everything sent
+                data = self._chunks.popleft()
+            sent = 0
+            while sent < len(data):
+                moved = _ssl_io(conn, True, data, sent, len(data) - sent)
+                if moved > 0:
+                    sent += moved
+                    connection.bytes_sent += moved
+                else:
+                    self._wait(fd, readable=moved < 0)
+            with self._changed:
+                self._queued -= len(data)
+                room = self._full and self._queued <= self.limit // 2
+            if room:
+                self.reactor.callFromThread(self._room)

@@ -156,12 +156,16 @@ ca = "../pki/link-ca.crt"
         certificate: str | None = None,
         user: str = "alice",
         password: str | None = PASSWORD,
+        version: str | None = None,
     ) -> ftplib.FTP_TLS:
         """A logged-in ftplib FTPS session through the edge, PROT P, resuming the control
-        session on data connections."""
+        session on data connections; `version` "1.2" or "1.3": that TLS version only."""
         from hardening.clients import ImplicitFTP_TLS, ResumingFTP_TLS
 
         context = self.client_context(certificate)
+        if version is not None:
+            pinned = ssl.TLSVersion.TLSv1_2 if version == "1.2" else ssl.TLSVersion.TLSv1_3
+            context.minimum_version = context.maximum_version = pinned
         ftp: ftplib.FTP_TLS
         if implicit:
             ftp = ImplicitFTP_TLS(context=context, timeout=30)

@@ -1,0 +1,133 @@
+"""Protected data through an edge with the client's TLS pumped in a thread at the edge
+(tls_pump.TLSQueueSender downloads, TLSFileReceiver uploads), TLS 1.2 and 1.3: SHA-256
+both ways, ABOR of a download, an upload cut without close_notify (426)."""
+
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import io
+import os
+import socket
+import time
+from typing import Any
+
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from securetransport.ftp.tls_pump import TLSPump
+from tests.e2e.harness import in_thread
+from tests.edge.harness import EdgeSetup
+
+BIG = 24 * 1024 * 1024 + 5  # several queue limits, not a multiple of a record or frame
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class EdgePumpTests(TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:  # type: ignore[override]
+        self.before = dict(TLSPump.handed_off)
+        self.setup = EdgeSetup(self)
+        yield self.setup.start()
+
+    def handed_off(self, direction: str) -> int:
+        """Hand-offs in this process: the edge's (relayed data on the server is not TLS)."""
+        return TLSPump.handed_off[direction] - self.before.get(direction, 0)
+
+    @defer.inlineCallbacks
+    def both_ways(self, version: str) -> Any:
+        payload = os.urandom(BIG)
+
+        def session() -> list[str]:
+            ftp = self.setup.ftps(version=version)
+            stored = ftp.storbinary("STOR up.bin", io.BytesIO(payload))
+            back = bytearray()
+            retrieved = ftp.retrbinary("RETR up.bin", back.extend)
+            ftp.quit()
+            return [stored, retrieved, sha256(bytes(back))]
+
+        stored, retrieved, digest = yield in_thread(session)
+        self.assertEqual([stored, retrieved], ["226 Transfer complete"] * 2)
+        self.assertEqual(digest, sha256(payload))
+        on_disk = (self.setup.server.home() / "up.bin").read_bytes()
+        self.assertEqual(sha256(on_disk), sha256(payload))
+        self.assertEqual(self.handed_off("receive"), 1)
+        self.assertEqual(self.handed_off("send"), 1)
+
+    def test_both_ways_tls12(self) -> Any:
+        return self.both_ways("1.2")
+
+    def test_both_ways_tls13(self) -> Any:
+        return self.both_ways("1.3")
+
+    @defer.inlineCallbacks
+    def abor_download(self, version: str) -> Any:
+        home = self.setup.server.home()
+        with open(home / "big.bin", "wb") as handle:
+            handle.truncate(512 * 1024 * 1024)  # far more than the buffers on the way hold
+        (home / "small.txt").write_bytes(b"after ABOR")
+
+        def session() -> list[Any]:
+            ftp = self.setup.ftps(version=version)
+            connection = ftp.transfercmd("RETR big.bin")
+            received = 0
+            while received < 4 * 1024 * 1024:  # well into the pumped part
+                received += len(connection.recv(65536))
+            ftp.putcmd("ABOR")
+            first, second = ftp.getline(), ftp.getline()
+            connection.close()
+            small = bytearray()
+            ftp.retrbinary("RETR small.txt", small.extend)
+            noop = ftp.sendcmd("NOOP")
+            ftp.quit()
+            return [first[:3] + second[:3], bytes(small), noop[:3]]
+
+        replies = yield in_thread(session)
+        self.assertEqual(replies, ["426226", b"after ABOR", "200"])
+        self.assertEqual(self.handed_off("send"), 2)
+
+    def test_abor_during_download_tls12(self) -> Any:
+        return self.abor_download("1.2")
+
+    def test_abor_during_download_tls13(self) -> Any:
+        return self.abor_download("1.3")
+
+    @defer.inlineCallbacks
+    def truncated_upload(self, version: str) -> Any:
+        home = self.setup.server.home()
+        (home / "keep.bin").write_bytes(b"previous version")
+
+        def session() -> list[str]:
+            ftp = self.setup.ftps(version=version)
+            conn = ftp.transfercmd("STOR keep.bin")
+            conn.sendall(b"x" * 1_000_000)
+            time.sleep(0.5)  # the edge hands the socket to its thread meanwhile
+            conn.sendall(b"x" * 3_000_000)
+            socket.socket.shutdown(conn, socket.SHUT_WR)  # FIN without close_notify
+            try:
+                reply = ftp.voidresp()
+            except ftplib.Error as error:
+                reply = str(error)
+            conn.close()
+            clean = ftp.storbinary("STOR clean.bin", io.BytesIO(b"y" * 3_000_000))
+            ftp.quit()
+            return [reply, clean]
+
+        reply, clean = yield in_thread(session)
+        self.assertTrue(reply.startswith("426"), reply)
+        self.assertIn("close_notify", reply)
+        self.assertEqual(clean, "226 Transfer complete")
+        self.assertEqual((home / "keep.bin").read_bytes(), b"previous version")
+        self.assertEqual((home / "clean.bin").read_bytes(), b"y" * 3_000_000)
+        self.assertEqual(self.handed_off("receive"), 2)
+
+    def test_truncated_upload_tls12(self) -> Any:
+        return self.truncated_upload("1.2")
+
+    def test_truncated_upload_tls13(self) -> Any:
+        return self.truncated_upload("1.3")
