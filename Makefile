@@ -44,8 +44,10 @@ lint: install
 
 # SFTP: securetransport vs OpenSSH's sshd/sftp-server (apt-get install openssh-server; it
 # is run on its own port, never as the system's sshd) vs asyncssh: `python -m bench.sftp -h`.
+# The edge: FTPS direct to the server vs through an edge, same run: `python -m bench.edge -h`.
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.edge $(EDGE_BENCH_ARGS)
 	$(BIN)/python -m bench.sftp $(SFTP_BENCH_ARGS)
 
 # sslyze pins cryptography < 47 (ours is newer): it gets its own venv; scan/venv.py pins it.

@@ -60,6 +60,7 @@ log = Logger(namespace="securetransport.edge.relay")
 NO_LINK_REPLY = b"421 Service not available: no link to the server; try again later\r\n"
 LINK_LOST_REPLY = b"421 Connection to the server lost; closing\r\n"
 LINK_WAIT = 5.0  # seconds a client waits for a link connection when the pool ran dry
+PUMP_AFTER = 256 * 1024  # relayed bytes after which a protected transfer goes to a thread
 
 
 @implementer(IPushProducer)
@@ -474,9 +475,10 @@ class _Closed:
 class EdgeData:
     """A relayed data connection: client bytes to the link, link bytes to the client.
 
-    Protected, once the server says which way the transfer goes (EXPECT), the client's
-    TLS moves to a pool thread on the socket (`tls_pump`), as the server does for files:
-    downloads are queued there from the link, uploads read there and sent to the link.
+    Protected, once `PUMP_AFTER` bytes have gone the way the server said the transfer
+    goes (EXPECT), the client's TLS moves to a pool thread on the socket (`tls_pump`), as
+    the server does for large files: downloads are queued there from the link, uploads
+    read there and sent to the link. Listings and small files stay on the reactor.
     """
 
     def __init__(self, link: EdgeLink, connection: DataConnection, done: Any) -> None:
@@ -484,12 +486,21 @@ class EdgeData:
         self.connection = connection
         self.ended = False
         self.done = done
+        self.direction: str | None = None
         self.sender: TLSQueueSender | None = None
         self.pumped = False
 
     def start(self) -> None:
-        self.connection.attach(self.link.send_data)
+        # Relayed bytes come in frames: the last short write (a listing's tail, the
+        # close_notify after a pumped send) must not wait behind a delayed ACK.
+        set_no_delay(self.connection.transport)
+        self.connection.attach(self._from_client)
         self.connection.closed.addCallback(self._client_closed)
+
+    def _from_client(self, data: bytes) -> None:
+        self.link.send_data(data)
+        if self.direction == "receive" and self.connection.bytes_received >= PUMP_AFTER:
+            self._pump()
 
     def _client_closed(self, clean: bool) -> None:
         if self.ended:
@@ -498,23 +509,21 @@ class EdgeData:
         self.done()
         self.link.release(bool(clean))
 
-    def _expect(self, direction: str) -> None:
+    def _pump(self) -> None:
+        """Hand the client's TLS to a pool thread, if it can be."""
         connection = self.connection
-        connection.expect(direction)
-        if self.pumped or direction not in ("send", "receive"):
-            return
         transport: Any = connection.transport
         reactor = self.link.edge.reactor
-        if connection.tls is None or transport is None:
+        if self.pumped or connection.tls is None or transport is None:
             return
+        self.pumped = True
         # The pump owns the socket: Twisted's producer on it (pausing the link) goes.
         transport.unregisterProducer()
         self.link.resume_link()
         if not TLSPump.usable(connection, reactor):
             transport.registerProducer(_Pauser(self.link.pause_link, self.link.resume_link), True)
             return
-        self.pumped = True
-        if direction == "send":
+        if self.direction == "send":
             self.sender = TLSQueueSender(
                 connection, reactor, self.link.pause_link, self.link.resume_link
             )
@@ -534,10 +543,13 @@ class EdgeData:
         if kind is Frame.DATA:
             if self.sender is not None:
                 self.sender.feed(payload)
-            else:
-                self.connection.write(payload)
+                return
+            self.connection.write(payload)
+            if self.direction == "send" and self.connection.bytes_sent >= PUMP_AFTER:
+                self._pump()
         elif kind is Frame.EXPECT:
-            self._expect(str(decode_json(payload).get("direction")))
+            self.direction = str(decode_json(payload).get("direction"))
+            self.connection.expect(self.direction)
         elif kind is Frame.CLOSE:
             if decode_json(payload).get("how") == "abort":
                 if self.sender is not None:

@@ -48,16 +48,18 @@ class EdgePumpTests(TestCase):
             stored = ftp.storbinary("STOR up.bin", io.BytesIO(payload))
             back = bytearray()
             retrieved = ftp.retrbinary("RETR up.bin", back.extend)
+            listing = ftp.nlst()
             ftp.quit()
-            return [stored, retrieved, sha256(bytes(back))]
+            return [stored, retrieved, sha256(bytes(back)), listing]
 
-        stored, retrieved, digest = yield in_thread(session)
+        stored, retrieved, digest, listing = yield in_thread(session)
+        self.assertEqual(listing, ["up.bin"])
         self.assertEqual([stored, retrieved], ["226 Transfer complete"] * 2)
         self.assertEqual(digest, sha256(payload))
         on_disk = (self.setup.server.home() / "up.bin").read_bytes()
         self.assertEqual(sha256(on_disk), sha256(payload))
         self.assertEqual(self.handed_off("receive"), 1)
-        self.assertEqual(self.handed_off("send"), 1)
+        self.assertEqual(self.handed_off("send"), 1)  # the listing: below PUMP_AFTER
 
     def test_both_ways_tls12(self) -> Any:
         return self.both_ways("1.2")
@@ -89,7 +91,7 @@ class EdgePumpTests(TestCase):
 
         replies = yield in_thread(session)
         self.assertEqual(replies, ["426226", b"after ABOR", "200"])
-        self.assertEqual(self.handed_off("send"), 2)
+        self.assertEqual(self.handed_off("send"), 1)  # small.txt: below PUMP_AFTER
 
     def test_abor_during_download_tls12(self) -> Any:
         return self.abor_download("1.2")
