@@ -6,7 +6,7 @@ once per store, and times logins from one ftplib client in clear FTP (no TLS, so
 store and the password check are what is measured):
 
 - warm: the same account again and again (the verified-credential cache skips the KDF;
-  what is left is reading the account, at USER, in the checker and in the realm);
+  what is left is reading the account once at USER and the realm's home folder);
 - cold: a different account each time (each first login runs argon2id).
 
 It prints the median and p90 login time (USER to 230) and the server's CPU per login

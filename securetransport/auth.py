@@ -2,18 +2,22 @@
 
 Two kinds of credentials reach the portal:
 
-- `IUsernamePassword` (twisted's `UsernamePassword`): checked by `PasswordChecker`,
-  which reads the account and verifies the password in the `VerificationPool`. An
-  unknown or disabled account, or one without a password, costs the same dummy
-  verification as a real one (SPEC section 4) and fails with UnauthorizedLogin.
+- `IUsernamePassword` (`PasswordLogin`, twisted's `UsernamePassword`): checked by
+  `PasswordChecker` against the argon2id hash. An unknown or disabled account, or one
+  without a password, costs the same dummy verification as a real one (SPEC section 4)
+  and fails with UnauthorizedLogin.
 - `ICertificateLogin` (`CertificateLogin`): the access policy has already decided
-  that the client's certificate names the account; `CertificateChecker` re-reads the
-  account and confirms it exists, is enabled and, when it pins certificates, pins
-  this fingerprint.
+  that the client's certificate names the account; `CertificateChecker` confirms it
+  exists, is enabled and, when it pins certificates, pins this fingerprint.
 
-Both return the account name (str) as avatar ID. `FTPRealm` turns it into an
-`FTPAvatar` carrying the account and its filesystem. Store failures (UserStoreError)
-and a full pool (PoolFull, SPEC: 421) come out of `Portal.login` as they are.
+The account is read once per login. Credentials may carry an `AccountSnapshot` (FTP's
+USER read it a moment before): the checker decides on that row instead of reading it
+again. Without one, the checker reads the account itself (with the KDF in the same
+pool job for passwords). A checker returns an `AccountId`, the account name (str)
+carrying the row it accepted, and `FTPRealm` builds the `FTPAvatar` from that row: it
+only makes the filesystem (the home folder, on the disk) in the store's pool. Store
+failures (UserStoreError) and a full pool (PoolFull, SPEC: 421) come out of
+`Portal.login` as they are.
 """
 
 from __future__ import annotations
@@ -32,12 +36,13 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import Attribute, Interface, implementer
 
 from securetransport.passwords import VerificationPool, verify_password
 from securetransport.userstore import (
     Account,
+    AccountSnapshot,
     AsyncUserStore,
     normalize_fingerprint,
     valid_account_name,
@@ -83,10 +88,54 @@ class ICertificateLogin(ICredentials):
 @implementer(ICertificateLogin)
 @dataclass(frozen=True)
 class CertificateLogin:
-    """ICertificateLogin credentials."""
+    """ICertificateLogin credentials; `snapshot`: the account as just read, if it was."""
 
     username: str
     fingerprint: str
+    snapshot: AccountSnapshot | None = None
+
+
+@implementer(IUsernamePassword)
+@dataclass(frozen=True)
+class PasswordLogin:
+    """IUsernamePassword credentials; `snapshot`: the account as just read, if it was."""
+
+    username: bytes
+    password: bytes
+    snapshot: AccountSnapshot | None = None
+
+    def checkPassword(self, password: bytes) -> bool:  # noqa: N802 - IUsernamePassword
+        return hmac.compare_digest(password, self.password)
+
+
+class AccountId(str):
+    """An avatar ID: the account name, carrying the account row the checker accepted,
+    so the realm builds the avatar without reading it again."""
+
+    account: Account
+
+    def __new__(cls, account: Account) -> AccountId:
+        avatar_id = super().__new__(cls, account.name)
+        avatar_id.account = account
+        return avatar_id
+
+
+def snapshot_of(credentials: Any, name: str | None) -> AccountSnapshot | None:
+    """The account snapshot `credentials` carry for `name`, or None (read it now)."""
+    snapshot = getattr(credentials, "snapshot", None)
+    if isinstance(snapshot, AccountSnapshot) and name is not None and snapshot.name == name:
+        return snapshot
+    return None
+
+
+def _usable(account: Account | None) -> Account | None:
+    return account if account is not None and account.enabled else None
+
+
+def _accepted(account: Account | None) -> AccountId:
+    if account is None:
+        raise UnauthorizedLogin("Login incorrect")
+    return AccountId(account)
 
 
 def _text(value: str | bytes) -> str | None:
@@ -156,8 +205,11 @@ class VerifiedCredentials:
 class PasswordChecker:
     """Checks IUsernamePassword credentials against the user store (argon2id).
 
-    The account is read and the password verified in one job on the
-    VerificationPool, so the work before login stays bounded.
+    With a snapshot in the credentials, the password is checked against that row: a
+    hit in the verified-credential cache is decided at once (one HMAC), otherwise the
+    KDF runs as one job on the VerificationPool. Without one, the account is read and
+    the password verified in one job there. Either way the work before login stays
+    bounded, and a changed hash or a disabled account in the row refuses the login.
     """
 
     credentialInterfaces = (IUsernamePassword,)
@@ -172,40 +224,50 @@ class PasswordChecker:
         self._pool = pool
         self._cache = cache if cache is not None else VerifiedCredentials()
 
-    def _check(self, name: str | None, password: str | bytes) -> str | None:
-        """In a pool thread: the account name if the password is right, else None.
+    def _cached(self, account: Account | None, password: str | bytes) -> bool:
+        """Was this password verified lately against this account's current hash?"""
+        account = _usable(account)
+        if account is None or account.password_hash is None:
+            return False
+        return self._cache.seen(account.name, password, account.password_hash)
 
-        The account row is read on every login, so a changed password or a disabled
-        account takes effect at once; only the KDF run is skipped on a cache hit.
-        """
+    def _verify(self, account: Account | None, password: str | bytes) -> Account | None:
+        """Blocking: `account` if it is enabled and the password matches its hash, else
+        None. A missing account or hash costs the same dummy verification."""
+        account = _usable(account)
+        stored = account.password_hash if account is not None else None
+        if account is not None and stored is not None and self._cached(account, password):
+            return account
+        if verify_password(stored, password) and account is not None and stored is not None:
+            self._cache.add(account.name, password, stored)
+            return account
+        return None
+
+    def _read_and_verify(self, name: str | None, password: str | bytes) -> Account | None:
+        """Blocking: read the account, then `_verify` (one pool job)."""
         account = None
         if name is not None and valid_account_name(name):
             account = self._store.get(name)
-        usable = account is not None and account.enabled
-        stored = account.password_hash if account is not None and usable else None
-        if account is not None and usable and stored is not None:
-            if self._cache.seen(account.name, password, stored):
-                return str(account.name)
-        if verify_password(stored, password) and account is not None and usable:
-            assert stored is not None
-            self._cache.add(account.name, password, stored)
-            return str(account.name)
-        return None
+        return self._verify(account, password)
 
     def requestAvatarId(self, credentials: Any) -> Deferred[str]:  # type: ignore[override]  # str avatar IDs
-        d = self._pool.submit(self._check, _text(credentials.username), credentials.password)
-
-        def decide(name: str | None) -> str:
-            if name is None:
-                raise UnauthorizedLogin("Login incorrect")
-            return name
-
-        return d.addCallback(decide)
+        name = _text(credentials.username)
+        password = credentials.password
+        snapshot = snapshot_of(credentials, name)
+        d: Deferred[Account | None]
+        if snapshot is None:
+            d = self._pool.submit(self._read_and_verify, name, password)
+        elif self._cached(snapshot.account, password):
+            d = succeed(snapshot.account)
+        else:
+            d = self._pool.submit(self._verify, snapshot.account, password)
+        return d.addCallback(_accepted)
 
 
 @implementer(ICredentialsChecker)
 class CertificateChecker:
-    """Confirms ICertificateLogin credentials against the current account."""
+    """Confirms ICertificateLogin credentials against the account: the snapshot the
+    credentials carry, or else the account read now."""
 
     credentialInterfaces = (ICertificateLogin,)
 
@@ -222,18 +284,23 @@ class CertificateChecker:
             return fail(UnauthorizedLogin("Login incorrect"))
 
         def decide(account: Account | None) -> str:
-            if account is None or not account.enabled:
+            account = _usable(account)
+            if account is None:
                 raise UnauthorizedLogin("Login incorrect")
             if account.certificates and fingerprint not in account.certificates:
                 raise UnauthorizedLogin("certificate not pinned on this account")
-            return account.name
+            return AccountId(account)
 
+        snapshot = snapshot_of(credentials, name)
+        if snapshot is not None:
+            return succeed(snapshot.account).addCallback(decide)
         return self._store.get(name).addCallback(decide)
 
 
 @implementer(IRealm)
 class FTPRealm:
-    """Builds an FTPAvatar for an account name, re-reading the account."""
+    """Builds an FTPAvatar for an avatar ID: from the row an `AccountId` carries, or
+    else from the account read now. The filesystem is made in the store's pool."""
 
     def __init__(
         self,
@@ -264,6 +331,10 @@ class FTPRealm:
                 return (interface, self._builders[interface](account, filesystem, mind), _logout)
             return (IFTPAvatar, FTPAvatar(account, filesystem), _logout)
 
+        if isinstance(avatarId, AccountId):
+            if not avatarId.account.enabled:
+                return fail(UnauthorizedLogin("Login incorrect"))
+            return self._store.run(build, avatarId.account)
         return self._store.with_account(name, build)
 
 

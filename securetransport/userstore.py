@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import Interface, implementer
@@ -46,6 +46,19 @@ class Account:
     @property
     def home_folder(self) -> str:
         return self.home or self.name
+
+
+@dataclass(frozen=True)
+class AccountSnapshot:
+    """The account called `name` as one read found it (None: no such account).
+
+    A login reads the account once and hands this on (USER to PASS, checker to realm),
+    so the later steps decide on the same row instead of reading it again.
+    """
+
+    name: str
+    account: Account | None
+    read_at: float = 0.0  # reactor seconds when the read started
 
 
 class UserStoreError(Exception):
@@ -437,6 +450,15 @@ def pinned_by_any_account(store: IUserStore, fingerprint: str | None) -> bool:
     return bool(store.find_by_fingerprint(fingerprint))
 
 
+def login_lookup(
+    store: IUserStore, name: str | None, fingerprint: str | None
+) -> tuple[Account | None, bool]:
+    """Blocking: what FTP's USER needs, in one job: the account called `name` (None when
+    `name` is None or there is none) and whether any account pins `fingerprint`."""
+    account = store.get(name) if name is not None else None
+    return account, pinned_by_any_account(store, fingerprint)
+
+
 class AsyncUserStore:
     """Runs a blocking IUserStore in a thread pool; every method returns a Deferred."""
 
@@ -454,6 +476,18 @@ class AsyncUserStore:
     def with_account(self, name: str, fn: Callable[[Account | None], _T]) -> Deferred[_T]:
         """Read the account and call `fn` with it, both in the pool (fn may touch the disk)."""
         return self._run(lambda: fn(self.store.get(name)))
+
+    def run(self, fn: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        """Call `fn(*args)` in the pool: work on an account already read (its home folder)."""
+        return self._run(fn, *args)
+
+    def login_lookup(
+        self, name: str | None, fingerprint: str | None
+    ) -> Deferred[tuple[Account | None, bool]]:
+        """`login_lookup` in one pool job; none when there is nothing to look up."""
+        if name is None and not fingerprint:
+            return succeed((None, False))
+        return self._run(login_lookup, self.store, name, fingerprint)
 
     def pinned_by_any_account(self, fingerprint: str | None) -> Deferred[bool]:
         return self._run(pinned_by_any_account, self.store, fingerprint)

@@ -21,6 +21,7 @@ from zope.interface.verify import verifyObject
 
 from securetransport import auth, passwords
 from securetransport.auth import (
+    AccountId,
     CertificateChecker,
     CertificateLogin,
     FTPAvatar,
@@ -28,11 +29,12 @@ from securetransport.auth import (
     ICertificateLogin,
     IFTPAvatar,
     PasswordChecker,
+    PasswordLogin,
     as_async_store,
     make_portal,
 )
 from securetransport.passwords import PoolFull, VerificationPool, hash_password
-from securetransport.userstore import Account, AsyncUserStore, SQLiteUserStore
+from securetransport.userstore import Account, AccountSnapshot, AsyncUserStore, SQLiteUserStore
 
 FP = "ab" * 32
 FP2 = "cd" * 32
@@ -332,3 +334,126 @@ class PortalTests(AuthTestCase):
         d = portal.login(object(), None, IFTPAvatar)  # type: ignore[arg-type]
         self.assertFailure(d, UnhandledCredentials)
         yield d
+
+
+class SnapshotTests(AuthTestCase):
+    """Credentials carrying the account as just read: the checkers and the realm decide on
+    that row and do not read the account again."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.reads: list[str] = []
+        get = self.blocking.get
+
+        def counted(name: str) -> Account | None:
+            self.reads.append(name)
+            return get(name)
+
+        self.patch(self.blocking, "get", counted)
+        self.alice = Account(name="alice", password_hash=self.password_hash, groups=("g",))
+        self.cache = auth.VerifiedCredentials()
+
+    def password(self, account: Account | None, password: bytes, name: str = "alice") -> Any:
+        checker = PasswordChecker(self.store, self.pool, self.cache)
+        credentials = PasswordLogin(name.encode(), password, AccountSnapshot(name, account))
+        return checker.requestAvatarId(credentials)
+
+    def test_password_login_credentials(self) -> None:
+        credentials = PasswordLogin(b"alice", b"s3cret")
+        self.assertTrue(verifyObject(auth.IUsernamePassword, credentials))
+        self.assertTrue(credentials.checkPassword(b"s3cret"))
+        self.assertFalse(credentials.checkPassword(b"s3cre"))
+
+    @inlineCallbacks
+    def test_the_snapshot_is_checked_not_reread(self) -> Any:
+        avatar_id = yield self.password(self.alice, b"s3cret")
+        self.assertEqual(avatar_id, "alice")
+        self.assertIsInstance(avatar_id, AccountId)
+        self.assertEqual(avatar_id.account, self.alice)
+        self.assertEqual(self.reads, [])
+
+    @inlineCallbacks
+    def test_a_cache_hit_takes_no_pool_job(self) -> Any:
+        yield self.password(self.alice, b"s3cret")
+        calls = self.record_verifications()
+        submitted: list[Any] = []
+        submit = self.pool.submit
+        self.patch(self.pool, "submit", lambda *a: submitted.append(a) or submit(*a))
+        self.assertEqual((yield self.password(self.alice, b"s3cret")), "alice")
+        self.assertEqual((calls, submitted), ([], []))
+        # A wrong password still runs the KDF in the pool.
+        d = self.password(self.alice, b"wrong")
+        self.assertFailure(d, UnauthorizedLogin)
+        yield d
+        self.assertEqual((len(calls), len(submitted)), (1, 1))
+
+    @inlineCallbacks
+    def test_the_snapshot_refuses_what_it_shows(self) -> Any:
+        """Disabled, a new hash (the cache holds the old one), no such account, no
+        password: refused, one verification each (real or dummy), nothing read."""
+        yield self.password(self.alice, b"s3cret")
+        calls = self.record_verifications()
+        new_hash = cached_hash("n3w")
+        cases = [
+            (Account(name="alice", password_hash=self.password_hash, enabled=False), None),
+            (Account(name="alice", password_hash=new_hash), new_hash),
+            (None, None),
+            (Account(name="alice"), None),
+        ]
+        for account, stored in cases:
+            d = self.password(account, b"s3cret")
+            self.assertFailure(d, UnauthorizedLogin)
+            yield d
+            self.assertEqual(calls[-1], stored, account)
+        self.assertEqual((len(calls), self.reads), (len(cases), []))
+
+    @inlineCallbacks
+    def test_a_snapshot_of_another_name_is_not_used(self) -> Any:
+        """The store is read when the snapshot names another account than the login."""
+        checker = PasswordChecker(self.store, self.pool)
+        snapshot = AccountSnapshot(
+            "reader", Account(name="reader", password_hash=self.password_hash)
+        )
+        d = checker.requestAvatarId(PasswordLogin(b"off", b"s3cret", snapshot))
+        self.assertFailure(d, UnauthorizedLogin)
+        yield d
+        self.assertEqual(self.reads, ["off"])
+
+    @inlineCallbacks
+    def test_certificate_snapshot(self) -> Any:
+        checker = CertificateChecker(self.store)
+        pinned = Account(name="pinned", certificates=(FP,))
+        login = CertificateLogin("pinned", FP, AccountSnapshot("pinned", pinned))
+        avatar_id = yield checker.requestAvatarId(login)
+        self.assertEqual(avatar_id.account, pinned)
+        for account in (
+            Account(name="pinned", certificates=(FP2,)),
+            Account(name="pinned", enabled=False),
+            None,
+        ):
+            login = CertificateLogin("pinned", FP, AccountSnapshot("pinned", account))
+            d = checker.requestAvatarId(login)
+            self.assertFailure(d, UnauthorizedLogin)
+            yield d
+        self.assertEqual(self.reads, [])
+
+    @inlineCallbacks
+    def test_realm_builds_from_the_account_id(self) -> Any:
+        realm = FTPRealm(self.filesystem_factory, self.store)
+        reader = Account(name="reader", read_only=True)
+        _, avatar, _ = yield realm.requestAvatar(AccountId(reader), None, IFTPAvatar)
+        self.assertIs(avatar.account, reader)
+        self.assertIs(self.filesystems[-1].account, reader)
+        d = realm.requestAvatar(AccountId(Account(name="reader", enabled=False)), None, IFTPAvatar)
+        self.assertFailure(d, UnauthorizedLogin)
+        yield d
+        self.assertEqual((self.reads, len(self.filesystems)), ([], 1))
+
+    @inlineCallbacks
+    def test_portal_reads_nothing_with_a_snapshot(self) -> Any:
+        portal: Any = make_portal(self.store, self.pool, self.filesystem_factory)
+        credentials = PasswordLogin(b"alice", b"s3cret", AccountSnapshot("alice", self.alice))
+        _, avatar, _ = yield portal.login(credentials, None, IFTPAvatar)
+        self.assertEqual((avatar.account, self.reads), (self.alice, []))
+        _, avatar, _ = yield portal.login(PasswordLogin(b"alice", b"s3cret"), None, IFTPAvatar)
+        self.assertEqual((avatar.account.name, self.reads), ("alice", ["alice"]))

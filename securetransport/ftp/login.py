@@ -1,13 +1,20 @@
 """USER, PASS, ACCT and REIN: the access decision (policy.decide_user), the cred portal,
-failure delays and bans (SPEC section 4)."""
+failure delays and bans (SPEC section 4).
+
+A login reads the account once: USER reads it (with the certificate pin query, in one
+pool job), decides, and keeps the row in the pending login; PASS hands it to the
+portal in the credentials (`auth.PasswordLogin`), so the checker and the realm decide
+on that row. A PASS that comes more than `SNAPSHOT_MAX_AGE` seconds after USER sends no
+snapshot and the checker reads the account again: a disable or a new password made
+while a client sat between USER and PASS is seen.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
-from twisted.cred.credentials import ICredentials, UsernamePassword
+from twisted.cred.credentials import ICredentials
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -16,18 +23,21 @@ from twisted.python.failure import Failure
 from zope.interface import Interface
 
 from securetransport.audit import login_name_fields
-from securetransport.auth import CertificateLogin, IFTPAvatar
+from securetransport.auth import CertificateLogin, IFTPAvatar, PasswordLogin
 from securetransport.ftp.session import Session
 from securetransport.ftp.state import PendingLogin
 from securetransport.passwords import PoolFull
 from securetransport.policy import UserDecision, decide_user
 from securetransport.replies import Reply
 from securetransport.tls.verify import TrustStore, load_trust_store
-from securetransport.userstore import Account, valid_account_name
+from securetransport.userstore import Account, AccountSnapshot, valid_account_name
 
 log = Logger(namespace="securetransport.ftp.login")
 
 MAX_FAILED_LOGINS_PER_SESSION = 3
+# How old (seconds since USER began reading) the account read at USER may be for PASS
+# to use it; older, the checker reads the account again.
+SNAPSHOT_MAX_AGE = 1.0
 _NO_TRUST = load_trust_store(None, ())
 
 
@@ -39,21 +49,22 @@ class LoginCommands:
         session = self.session
         name = argument
         session.state.login_refused()  # a USER replaces any pending one
-        users = session.runtime.users
-        lookup: Deferred[Account | None] = (
-            users.get(name) if valid_account_name(name) else defer.succeed(None)
-        )
         certificate = session.certificate
         fingerprint = certificate.fingerprint if certificate is not None else None
-        pins: Deferred[bool] = (
-            users.pinned_by_any_account(fingerprint) if fingerprint else defer.succeed(False)
+        started = session.reactor.seconds()
+        lookup = session.runtime.users.login_lookup(
+            name if valid_account_name(name) else None, fingerprint
         )
-        both: Deferred[list[Any]] = defer.gatherResults([lookup, pins], consumeErrors=True)
-        both.addErrback(_first_error)
-        return both.addCallback(lambda found: self._decide(found[0], name, found[1]))
 
-    def _decide(self, account: Account | None, name: str, pinned: bool) -> Deferred[None] | None:
+        def found(result: tuple[Account | None, bool]) -> Deferred[None] | None:
+            account, pinned = result
+            return self._decide(AccountSnapshot(name, account, started), pinned)
+
+        return lookup.addCallback(found)
+
+    def _decide(self, snapshot: AccountSnapshot, pinned: bool) -> Deferred[None] | None:
         session = self.session
+        name, account = snapshot.name, snapshot.account
         logged_name = login_name_fields(name, account is not None)
         if account is not None and not account.enabled:
             account = None
@@ -73,10 +84,10 @@ class LoginCommands:
         verdict = decision.verdict
         if decision.reply == Reply.LOGGED_IN_CERTIFICATE:
             assert verdict is not None and verdict.fingerprint is not None
-            credentials = CertificateLogin(name, verdict.fingerprint)
+            credentials = CertificateLogin(name, verdict.fingerprint, snapshot)
             return self._login(credentials, name, decision, "certificate", logged_name)
         if decision.reply == Reply.NEED_PASSWORD:
-            session.state.awaiting_pass(PendingLogin(name, decision, logged_name))
+            session.state.awaiting_pass(PendingLogin(name, decision, logged_name, snapshot))
             session.reply(Reply.NEED_PASSWORD, decision.text)
             return None
         session.reply(Reply.NOT_LOGGED_IN, decision.text)
@@ -87,7 +98,11 @@ class LoginCommands:
         pending = state.pending
         assert pending is not None  # the command table lets PASS run only after a 331
         state.login_refused()  # back to CONNECTED until the portal says yes
-        credentials = UsernamePassword(pending.name.encode(), argument.encode())
+        snapshot = pending.snapshot
+        now = self.session.reactor.seconds()
+        if snapshot is not None and now - snapshot.read_at > SNAPSHOT_MAX_AGE:
+            snapshot = None  # too old to stand for the account now: the checker reads it
+        credentials = PasswordLogin(pending.name.encode(), argument.encode(), snapshot)
         method = pending.decision.method or "password"
         return self._login(credentials, pending.name, pending.decision, method, pending.logged_name)
 
@@ -179,11 +194,3 @@ class LoginCommands:
         if was_logged_in:
             session.start_login_timer()
         session.reply(Reply.SERVICE_READY, "Session reset; log in again")
-
-
-def _first_error(failure: Failure) -> Failure:
-    """gatherResults wraps the first failure in a FirstError: unwrap it."""
-    error = failure.value
-    if isinstance(error, defer.FirstError):
-        return error.subFailure
-    return failure

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from securetransport.config import ClassConfig
 from securetransport.ftp.listing import DEFAULT_FACTS
 from securetransport.policy import UserDecision
+from securetransport.userstore import AccountSnapshot
 
 
 class Phase(enum.Enum):
@@ -52,6 +53,7 @@ class PendingLogin:
     name: str
     decision: UserDecision
     logged_name: dict[str, str | None]  # the audit fields of the name (audit.login_name_fields)
+    snapshot: AccountSnapshot | None = None  # the account as USER read it (PASS may use it)
 
 
 @dataclass(slots=True)

@@ -1,7 +1,9 @@
 """SSH logins on the shared cred portal (SPEC section 9).
 
 - `SSHKeyLogin` / `SSHPasswordLogin`: credentials that carry the client address, so
-  the checkers see it (conch's own userauth passes neither address nor mind).
+  the checkers see it (conch's own userauth passes neither address nor mind), and the
+  account as read for the request's class decision (`AccountSnapshot`), so neither the
+  checker nor the realm reads it again.
 - `SSHKeyChecker`: `ISSHPrivateKey` over the user store, in the verification pool.
   In order: the key blob parses; the signature algorithm is allowed (no `ssh-rsa`
   SHA-1, no DSA); the signature verifies (always checked when given, known account or
@@ -35,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from securetransport.auth import AccountId, snapshot_of
 from securetransport.config import ClassConfig
 from securetransport.passwords import PoolFull, VerificationPool
 from securetransport.policy import SSHDecision, decide_ssh
@@ -42,6 +45,7 @@ from securetransport.runtime import IServedSession
 from securetransport.sftp.subsystem import SFTPSessionChannel
 from securetransport.userstore import (
     Account,
+    AccountSnapshot,
     AsyncUserStore,
     ssh_key_fingerprint,
     valid_account_name,
@@ -107,6 +111,7 @@ class SSHKeyLogin:
     sigData: bytes | None  # noqa: N815
     signature: bytes | None
     address: str
+    snapshot: AccountSnapshot | None = None
 
 
 @implementer(IUsernamePassword)
@@ -117,6 +122,7 @@ class SSHPasswordLogin:
     username: bytes
     password: bytes
     address: str
+    snapshot: AccountSnapshot | None = None
 
     def checkPassword(self, password: bytes) -> bool:  # noqa: N802 - IUsernamePassword
         return password == self.password
@@ -180,11 +186,13 @@ class SSHKeyChecker:
         name = _name(credentials.username)
         if address is None or name is None:
             return None
-        account = self._store.get(name)
+        snapshot = snapshot_of(credentials, name)
+        account = snapshot.account if snapshot is not None else self._store.get(name)
         if account is not None and not account.enabled:
             account = None
         decision = decide_ssh(name=name, account=account, address=address, classes=self._classes)
-        return _key_verdict(credentials, account, decision)
+        verdict = _key_verdict(credentials, account, decision)
+        return AccountId(account) if verdict is not None and account is not None else None
 
     def requestAvatarId(self, credentials: Any) -> Deferred[str]:  # type: ignore[override]  # noqa: N802
         d = self._pool.submit(self._check, credentials)
@@ -326,12 +334,17 @@ class SFTPUserAuthServer(userauth.SSHUserAuthServer):
         return d
 
     def _decide(self, user: bytes) -> Deferred[SSHDecision]:
+        """The class decision on the account read now; the row is kept in `_snapshot`
+        for this request's credentials (the only read of the request)."""
         runtime = self._ssh.runtime
         address = self._ssh.session.address
         name = _name(user)
         classes = runtime.config.classes
+        self._snapshot: AccountSnapshot | None = None
 
         def decide(account: Account | None) -> SSHDecision:
+            if name is not None:
+                self._snapshot = AccountSnapshot(name, account, runtime.reactor.seconds())
             shown = name if name is not None else user.decode("utf-8", "replace")
             return decide_ssh(name=shown, account=account, address=address, classes=classes)
 
@@ -376,7 +389,9 @@ class SFTPUserAuthServer(userauth.SSHUserAuthServer):
                 + NS(algorithm)
                 + NS(blob)
             )
-        credentials = SSHKeyLogin(user, algorithm, blob, signed_data, signature, session.address)
+        credentials = SSHKeyLogin(
+            user, algorithm, blob, signed_data, signature, session.address, self._snapshot
+        )
         d: Deferred[Any]
         if decision.key_then_password:
             checker = portal.checkers[ISSHPrivateKey]
@@ -411,7 +426,7 @@ class SFTPUserAuthServer(userauth.SSHUserAuthServer):
             password = getNS(rest[1:])[0]
         except Exception:  # noqa: BLE001 - malformed
             return fail(UnauthorizedLogin("malformed password request"))
-        credentials = SSHPasswordLogin(user, password, session.address)
+        credentials = SSHPasswordLogin(user, password, session.address, self._snapshot)
         d = self._ssh.runtime.portal.login(credentials, session, IConchUser)
         method = "publickey+password" if self._partial == user else "password"
         d.addErrback(self._failed, user, method, delay=True)

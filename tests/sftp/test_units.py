@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from twisted.conch import error as conch_error
 from twisted.conch.ssh import keys
 from twisted.conch.ssh.common import NS
+from twisted.cred.error import UnauthorizedLogin
 from twisted.trial.unittest import SynchronousTestCase
 
 from securetransport.config import ClassConfig, ConfigError, config_from_dict
@@ -25,11 +26,13 @@ from securetransport.sftp import server as sftp_server
 from securetransport.sftp.keys import write_ed25519_pair
 from securetransport.userstore import (
     Account,
+    AccountSnapshot,
     SQLiteUserStore,
     UserStoreError,
     normalize_ssh_fingerprint,
     ssh_key_fingerprint,
 )
+from tests.fakes import MemoryUserStore, SyncVerificationPool
 
 CLASSES = (
     ClassConfig(name="keys", users=("alice", "k-*"), login=("publickey",)),
@@ -391,3 +394,45 @@ class EncryptThenMACTests(SynchronousTestCase):
             bad[6] ^= 1
             self.assertRaises(aead.PacketError, receiver.open, bytes(bad), 10)
         self.assertIsNone(aead.etm(b"hmac-sha2-256", None, b""))
+
+
+class KeyCheckerSnapshotTests(SynchronousTestCase):
+    """SSHKeyChecker decides on the account the request already read, when it has it."""
+
+    def setUp(self) -> None:
+        line, private = _key_line()
+        self.key = keys.Key(private)
+        self.account = Account(name="alice", ssh_keys=(line,))
+        self.store = MemoryUserStore((self.account,))
+        self.reads: list[str] = []
+        get = self.store.get
+
+        def counted(name: str) -> Account | None:
+            self.reads.append(name)
+            return get(name)
+
+        self.patch(self.store, "get", counted)
+        self.checker = sftp_auth.SSHKeyChecker(self.store, SyncVerificationPool(), CLASSES)  # type: ignore[arg-type]
+
+    def login(self, account: Account | None) -> Any:
+        blob = self.key.public().blob()
+        snapshot = AccountSnapshot("alice", account)
+        credentials = sftp_auth.SSHKeyLogin(
+            b"alice", b"ssh-ed25519", blob, b"m", self.key.sign(b"m"), "::1", snapshot
+        )
+        return self.checker.requestAvatarId(credentials)
+
+    def test_the_snapshot_is_used_not_reread(self) -> None:
+        avatar_id = self.successResultOf(self.login(self.account))
+        self.assertEqual((avatar_id, avatar_id.account, self.reads), ("alice", self.account, []))
+        for refused in (None, Account(name="alice"), Account(name="alice", enabled=False)):
+            self.failureResultOf(self.login(refused), UnauthorizedLogin)
+        self.assertEqual(self.reads, [])
+
+    def test_without_a_snapshot_the_account_is_read(self) -> None:
+        blob = self.key.public().blob()
+        credentials = sftp_auth.SSHKeyLogin(
+            b"alice", b"ssh-ed25519", blob, b"m", self.key.sign(b"m"), "::1"
+        )
+        self.assertEqual(self.successResultOf(self.checker.requestAvatarId(credentials)), "alice")
+        self.assertEqual(self.reads, ["alice"])
