@@ -403,6 +403,8 @@ class SecureTransportService(MultiService):
                 log.error("TLS reload failed, keeping the previous files: {error}", error=error)
                 return
             log.info("reloaded the [tls] files")
+        for dialer in self.edge_dialers:
+            dialer.push_settings()  # an edge applies new client CAs at once
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()

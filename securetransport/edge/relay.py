@@ -621,6 +621,7 @@ class EdgeService(MultiService):
         self.own = own  # the edge's [tls] certificate and key; None: clear FTP only
         self.contexts: SessionContextFactory | None = None
         self.digest: str | None = None
+        self._applied: tuple[str, tuple[str, ...]] | None = None
         self.idle: list[EdgeLink] = []
         self.links: set[EdgeLink] = set()
         self.clients: set[EdgeControl] = set()
@@ -630,20 +631,25 @@ class EdgeService(MultiService):
         self.passive = PassivePortProvider(reactor, first, last)
 
     def apply(self, message: dict[str, Any], server: str) -> None:
-        """The server's settings: applied before anyone is served, logged by digest."""
+        """The server's settings: applied before anyone is served, logged by digest.
+        The same settings again (every link connection brings them) change nothing; new
+        client CAs (the server reloaded its [tls] files) are applied with the same digest."""
         try:
             digest = digest_of(message["settings"])
-            if digest == self.digest:
+            applied = (digest, tuple(str(ca) for ca in message["client_cas"]))
+            if applied == self._applied:
                 return
             if self.own is not None:
                 self.contexts = SessionContextFactory(apply_settings(self.own, message))
         except (KeyError, TypeError, ValueError) as error:
             raise FrameError(f"bad SETTINGS: {error}") from None
         self.digest = digest
+        self._applied = applied
         log.info(
-            "settings from {server} applied; ssl-access digest {digest}",
+            "settings from {server} applied; ssl-access digest {digest}; {cas} client CA(s)",
             server=server,
             digest=digest,
+            cas=len(applied[1]),
         )
 
     def request_link(self, use: Callable[[EdgeLink | None], None]) -> None:

@@ -389,12 +389,18 @@ class ServerLink(LinkProtocol):
         self.data_channel: RelayedDataChannel | None = None
         self.listen_tokens: set[str] = set()
         self.generation = 0  # one more each time the link connection goes back to the pool
+        self.settings_sent: dict[str, Any] | None = None
         self.gone: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.dialer.links.add(self)
-        self.send_json(Frame.SETTINGS, self.dialer.settings())
+        self.send_settings(self.dialer.settings())
+
+    def send_settings(self, message: dict[str, Any]) -> None:
+        """SETTINGS, on a link connection not in use (the edge refuses it otherwise)."""
+        self.settings_sent = message
+        self.send_json(Frame.SETTINGS, message)
 
     def handshakeCompleted(self) -> None:  # noqa: N802
         self.up = True
@@ -651,6 +657,14 @@ class EdgeDialer:
                 digest=digest,
             )
 
+    def push_settings(self) -> None:
+        """The settings may have changed (SIGHUP, new [tls] files): every idle link
+        connection gets them now, one in use when it comes back (`returned`)."""
+        current = self.settings()
+        for link in self.idle:
+            if link.settings_sent != current:
+                link.send_settings(current)
+
     def taken(self, link: ServerLink) -> None:
         self.idle.discard(link)
         self.top_up()
@@ -661,6 +675,9 @@ class EdgeDialer:
         self.released += 1
         if link.lost:
             return
+        current = self.settings()
+        if link.settings_sent != current:  # changed while it was in use
+            link.send_settings(current)
         if not self.running or len(self.idle) >= 2 * self.pool_size:
             if link.transport is not None:
                 link.transport.loseConnection()

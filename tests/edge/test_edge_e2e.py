@@ -48,6 +48,25 @@ class EdgeControlTests(TestCase):
         """The edge applied the server's settings: same digest as `check` computes."""
         self.assertEqual(self.setup.edge.digest, settings_digest(self.setup.server.config))
 
+    def test_new_client_cas_applied_with_the_same_digest(self) -> None:
+        """A reloaded CA set changes no digest, yet the edge's contexts follow it."""
+        from cryptography import x509
+
+        from securetransport.edge.settings import settings_message
+
+        edge = self.setup.edge
+        before = edge.contexts
+        assert before is not None
+        ca = x509.load_pem_x509_certificate((self.setup.pki / "ca.crt").read_bytes())
+        message = settings_message(self.setup.server.config, (ca,))
+        edge.apply(message, "test")
+        self.assertIs(edge.contexts, before)  # what the server sends already: no change
+        edge.apply(settings_message(self.setup.server.config, ()), "test")
+        self.assertIsNot(edge.contexts, before)
+        assert edge.contexts is not None
+        self.assertEqual(edge.contexts.credentials.client_cas, ())
+        self.assertEqual(edge.digest, settings_digest(self.setup.server.config))
+
     @defer.inlineCallbacks
     def test_explicit_password_login_and_transfers(self) -> Any:
         payload = os.urandom(3 * 1024 * 1024 + 17)

@@ -171,10 +171,13 @@ class _Producer:
 class LinkReuseTests(SynchronousTestCase):
     """A server's link connection goes back to the pool when its client connection ends."""
 
+    settings: dict[str, Any]
+
     def connect(self) -> tuple[Any, Any, StringTransport]:
         from securetransport.edge.server_side import EdgeDialer, ServerLink
 
-        dialer = EdgeDialer(Clock(), None, _Edge(), None, lambda: {"settings": {}})  # type: ignore[arg-type]
+        self.settings = {"settings": {}, "client_cas": []}
+        dialer = EdgeDialer(Clock(), None, _Edge(), None, lambda: dict(self.settings))  # type: ignore[arg-type]
         dialer.running = True
         dialer.top_up = lambda: None  # type: ignore[method-assign]  # no dialling here
         link = ServerLink(dialer)
@@ -222,3 +225,30 @@ class LinkReuseTests(SynchronousTestCase):
         link.dataReceived(encode_json(Frame.CLOSE, {"clean": True}))
         self.assertNotIn(link, dialer.idle)
         self.assertTrue(transport.disconnecting)
+
+    def test_changed_settings_reach_idle_and_returning_link_connections(self) -> None:
+        dialer, idle, idle_transport = self.connect()
+        from securetransport.edge.server_side import ServerLink
+
+        busy = ServerLink(dialer)
+        busy_transport = StringTransport()
+        busy.makeConnection(busy_transport)
+        busy.handshakeCompleted()
+        self.addCleanup(busy.connectionLost, None)
+        busy.dataReceived(encode_json(Frame.OPEN, {"kind": "data", "token": "unknown"}))
+        busy_transport.clear()
+        dialer.push_settings()
+        self.assertEqual(self.frames(idle_transport), [])  # unchanged: nothing sent
+        self.settings = {"settings": {}, "client_cas": ["30ab"]}  # new client CAs (SIGHUP)
+        dialer.push_settings()
+        self.assertEqual(
+            self.frames(idle_transport),
+            [(Frame.SETTINGS, encode_json(Frame.SETTINGS, self.settings)[5:])],
+        )
+        self.assertEqual(self.frames(busy_transport), [])  # in use: not now
+        busy_transport.registerProducer(_Producer(), True)
+        busy.dataReceived(encode_json(Frame.CLOSE, {"clean": True}))
+        self.assertEqual(
+            [kind for kind, _ in self.frames(busy_transport)], [Frame.RESET, Frame.SETTINGS]
+        )
+        self.assertIn(busy, dialer.idle)
