@@ -122,7 +122,7 @@ def _layout(
 ) -> tuple[int, _Table, _Table, _Table]:
     """Where the per-worker totals and the three tables lie, from the header's numbers.
 
-    Per worker: its open sessions, then (one array further) the sessions it ever opened.
+    Per worker: its open sessions, then (one array further) the connections it accepted.
     """
     totals = _round_up(_HEADER.size)
     session_table = _Table(
@@ -291,16 +291,20 @@ class SharedLimits:
     def set_counts(self, offset: int, counts: list[int]) -> None:
         self._counts.pack_into(self._memory, offset + _KEY.size, *counts)
 
-    def opened(self) -> list[int]:
+    def accepted(self) -> list[int]:
         return list(self._totals.unpack_from(self._memory, self._totals_offset + 8 * self.workers))
 
-    def set_opened(self, opened: list[int]) -> None:
-        self._totals.pack_into(self._memory, self._totals_offset + 8 * self.workers, *opened)
+    def note_accepted(self, worker: int, count: int = 1) -> None:
+        """`worker` accepted `count` connections (sessions or not: refusals count too)."""
+        with self.locked():
+            accepted = self.accepted()
+            accepted[worker] += count
+            self._totals.pack_into(self._memory, self._totals_offset + 8 * self.workers, *accepted)
 
     def worker_loads(self) -> list[tuple[int, int]]:
-        """Each worker's open sessions and the sessions it has opened since the file was made."""
+        """Each worker's open sessions and the connections it accepted since the file was made."""
         with self.locked():
-            return list(zip(self.totals(), self.opened(), strict=True))
+            return list(zip(self.totals(), self.accepted(), strict=True))
 
     def forget_worker(self, worker: int) -> None:
         """A worker process ended: its open sessions are gone (call from the supervisor)."""
@@ -376,11 +380,8 @@ class SharedSessionCounter:
                 return False
             counts[self.worker] += 1
             totals[self.worker] += 1
-            opened = limits.opened()
-            opened[self.worker] += 1
             limits.set_counts(offset, counts)
             limits.set_totals(totals)
-            limits.set_opened(opened)
             return True
 
     def close(self, address: str) -> None:

@@ -99,9 +99,9 @@ def restart_delay(restarts: Sequence[float], now: float) -> float:
 
 def accept_now(mine: tuple[int, int], others: Sequence[tuple[int, int]]) -> bool:
     """Whether a worker takes a new connection at once, or first leaves it a moment to
-    another. A load is (open sessions, sessions opened so far): least open sessions
-    first; between equals, the one that has opened fewer, so that sessions one after the
-    other take turns instead of all landing on whichever worker the kernel wakes first."""
+    another. A load is (open sessions, connections accepted so far): least open sessions
+    first; between equals, the one that has accepted fewer, so that connections one after
+    the other take turns instead of all landing on whichever worker the kernel wakes first."""
     return not others or mine <= min(others)
 
 
@@ -155,7 +155,10 @@ class BalancedPort(tcp.Port):
                 return
         self._paused = False
         self.numberAccepts = 1
+        before = self.sessionno
         super().doRead()  # type: ignore[no-untyped-call]
+        if self.sessionno > before:
+            self.limits.note_accepted(self.index, self.sessionno - before)
 
     def _resume(self) -> None:
         if self.connected:

@@ -125,20 +125,23 @@ class SharedSessionTests(SynchronousTestCase):
         second.close("192.0.2.1")
         self.assertTrue(first.try_open("192.0.2.3"))
 
-    def test_worker_loads_count_open_and_opened_sessions(self) -> None:
+    def test_worker_loads_count_open_sessions_and_accepted_connections(self) -> None:
         limits = new_limits(self, workers=2, max_sessions=2)
         first = SharedSessionCounter(limits, 0, 2, 2)
         second = SharedSessionCounter(limits, 1, 2, 2)
         self.assertEqual(limits.worker_loads(), [(0, 0), (0, 0)])
         for _ in range(3):
+            limits.note_accepted(0)
             self.assertTrue(first.try_open("192.0.2.1"))
             first.close("192.0.2.1")
+        limits.note_accepted(1, 2)
         self.assertTrue(second.try_open("192.0.2.1"))
         self.assertTrue(second.try_open("192.0.2.2"))
-        self.assertFalse(first.try_open("192.0.2.3"))  # refused: not counted as opened
-        self.assertEqual(limits.worker_loads(), [(0, 3), (2, 2)])
-        limits.forget_worker(1)  # open sessions gone; what it opened stays its history
-        self.assertEqual(limits.worker_loads(), [(0, 3), (0, 2)])
+        limits.note_accepted(0)  # a connection refused (too many sessions) counts too
+        self.assertFalse(first.try_open("192.0.2.3"))
+        self.assertEqual(limits.worker_loads(), [(0, 4), (2, 2)])
+        limits.forget_worker(1)  # open sessions gone; what it accepted stays its history
+        self.assertEqual(limits.worker_loads(), [(0, 4), (0, 2)])
 
     def test_forget_worker_drops_only_its_sessions(self) -> None:
         limits = new_limits(self, workers=2, max_sessions=4)

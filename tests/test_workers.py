@@ -44,14 +44,14 @@ class PassiveSliceTests(SynchronousTestCase):
 
 
 class AcceptNowTests(SynchronousTestCase):
-    def test_least_sessions_first_then_fewest_opened(self) -> None:
+    def test_least_sessions_first_then_fewest_accepted(self) -> None:
         cases: list[tuple[tuple[int, int], list[tuple[int, int]], bool]] = [
             ((0, 0), [], True),  # alone
             ((0, 4), [(0, 4)], True),  # equal: whoever is first
             ((3, 9), [(3, 9), (5, 0)], True),
             ((1, 0), [(0, 7)], False),  # another worker holds fewer: leave it the connection
             ((4, 1), [(9, 0), (3, 50)], False),
-            ((0, 5), [(0, 4)], False),  # as many open, but it opened fewer: its turn
+            ((0, 5), [(0, 4)], False),  # as many open, but it accepted fewer: its turn
             ((0, 4), [(0, 5), (1, 0)], True),
         ]
         for mine, others, expected in cases:

@@ -194,8 +194,8 @@ class WorkersTests(SynchronousTestCase):
         workers = server.workers()
         self.assertEqual(len(workers), 2)
         # Sessions one after the other take turns: between workers holding as many
-        # sessions, the one that opened fewer goes first (a worker that just closed one
-        # may still count it open: then the other one takes the next all the more).
+        # sessions, the one that accepted fewer connections goes first (a worker that
+        # just closed one may still count it open: the other one takes the next anyway).
         for _ in range(4):
             sock, line = greeting(server.port)
             self.assertTrue(line.startswith("220 "), line)

@@ -594,7 +594,7 @@ class EdgePoolTests(TestCase):
         self.assertEqual(digests, [hashlib.sha256(payload).hexdigest()] * sessions)
         # 6 sessions x (1 control + 3 data connections) = 24 client connections, and each
         # ended; their link connections are idle again on both sides.
-        yield setup.wait_for(lambda: len(setup.edge.idle) >= POOL_SIZE and not setup.edge.clients)
+        yield setup.wait_for(lambda: dialer.released >= 4 * sessions and not setup.edge.clients)
         self.assertLessEqual(dialer.dialled - dialled, POOL_SIZE)
         self.assertLessEqual(len(dialer.links), 2 * POOL_SIZE)
         self.assertEqual(dialer.released, 4 * sessions)
