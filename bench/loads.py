@@ -503,7 +503,7 @@ COLD_SERVERS = ("securetransport", "pyftpdlib")
 # Idle session counts of the scaled memory metrics and the servers each runs on.
 SCALE_METRICS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (1000, ("securetransport", "pyftpdlib")),
-    (10000, ("securetransport",)),
+    (10000, ("securetransport", "pyftpdlib")),
 )
 
 _TRANSFER_VALUES = (

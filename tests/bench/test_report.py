@@ -37,9 +37,11 @@ class NotApplicableTests(SynchronousTestCase):
         self.assertAlmostEqual(entry["ratio_to_best_peer"], 0.1)
         self.assertIsNone(entry["ratios"]["vsftpd"])
 
-    def test_scaled_memory_metric_is_ours_only_at_10000(self) -> None:
-        self.assertFalse(METRICS["idle_memory_10000"].applies_to("pyftpdlib"))
-        self.assertTrue(METRICS["idle_memory_1000"].applies_to("pyftpdlib"))
+    def test_scaled_memory_metrics_are_ours_and_pyftpdlibs(self) -> None:
+        for count in (1000, 10000):
+            self.assertTrue(METRICS[f"idle_memory_{count}"].applies_to("securetransport"))
+            self.assertTrue(METRICS[f"idle_memory_{count}"].applies_to("pyftpdlib"))
+            self.assertFalse(METRICS[f"idle_memory_{count}"].applies_to("vsftpd"))
 
 
 class ColdNamesTests(SynchronousTestCase):
