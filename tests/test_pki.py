@@ -42,6 +42,8 @@ def now() -> datetime.datetime:
     """The time now: certificates made with default dates start 5 minutes before it, and
     the suite may reach these tests more than 5 minutes after they were imported."""
     return datetime.datetime.now(datetime.UTC)
+
+
 DAY = datetime.timedelta(days=1)
 
 

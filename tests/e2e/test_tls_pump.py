@@ -10,7 +10,6 @@ import ftplib
 import hashlib
 import io
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from tests.e2e.harness import (
     run_tool,
     sha256_file,
 )
+from tests.e2e.pump_scenarios import abor_during_download, prepare_abor, truncated_upload
 
 BIG = 24 * 1024 * 1024 + 5  # several pump chunks, not a multiple of a record or a chunk
 CURL_VERSION = {"1.2": ["--tlsv1.2", "--tls-max", "1.2"], "1.3": ["--tlsv1.3"]}
@@ -111,26 +111,8 @@ class FastPathTests(TestCase):
     @defer.inlineCallbacks
     def abor_download(self, version: str) -> Any:
         server = LiveServer(self).start()
-        with open(server.home() / "big.bin", "wb") as handle:
-            handle.truncate(512 * 1024 * 1024)  # far more than the socket buffers hold
-        (server.home() / "small.txt").write_bytes(b"after ABOR")
-
-        def session() -> list[Any]:
-            ftp = ftps_login(server, version)
-            connection = ftp.transfercmd("RETR big.bin")
-            received = 0
-            while received < 4 * 1024 * 1024:  # well into the pumped part
-                received += len(connection.recv(65536))
-            ftp.putcmd("ABOR")
-            first, second = ftp.getline(), ftp.getline()
-            connection.close()
-            small = bytearray()
-            ftp.retrbinary("RETR small.txt", small.extend)
-            noop = ftp.sendcmd("NOOP")
-            ftp.quit()
-            return [first[:3] + second[:3], bytes(small), noop[:3]]
-
-        replies = yield in_thread(session)
+        prepare_abor(server.home())
+        replies = yield in_thread(lambda: abor_during_download(ftps_login(server, version)))
         self.assertEqual(replies, ["426226", b"after ABOR", "200"])
         self.assertEqual(self.handed_off("send"), 1)  # small.txt: below PUMP_MIN_BYTES
 
@@ -145,24 +127,7 @@ class FastPathTests(TestCase):
         server = LiveServer(self).start()
         home = server.home()
         (home / "keep.bin").write_bytes(b"previous version")
-
-        def session() -> list[str]:
-            ftp = ftps_login(server, version)
-            conn = ftp.transfercmd("STOR keep.bin")
-            conn.sendall(b"x" * 1_000_000)
-            time.sleep(0.5)  # the server hands the socket to its thread meanwhile
-            conn.sendall(b"x" * 3_000_000)
-            socket.socket.shutdown(conn, socket.SHUT_WR)  # FIN without close_notify
-            try:
-                reply = ftp.voidresp()
-            except ftplib.Error as error:
-                reply = str(error)
-            conn.close()
-            clean = ftp.storbinary("STOR clean.bin", io.BytesIO(b"y" * 3_000_000))
-            ftp.quit()
-            return [reply, clean]
-
-        reply, clean = yield in_thread(session)
+        reply, clean = yield in_thread(lambda: truncated_upload(ftps_login(server, version)))
         self.assertEqual(reply_code(reply), "426")
         self.assertIn("close_notify", reply)
         self.assertEqual(clean, "226 Transfer complete")

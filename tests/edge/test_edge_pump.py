@@ -4,12 +4,9 @@ both ways, ABOR of a download, an upload cut without close_notify (426)."""
 
 from __future__ import annotations
 
-import ftplib
 import hashlib
 import io
 import os
-import socket
-import time
 from typing import Any
 
 from twisted.internet import defer
@@ -17,6 +14,7 @@ from twisted.trial.unittest import TestCase
 
 from securetransport.ftp.tls_pump import TLSPump
 from tests.e2e.harness import in_thread
+from tests.e2e.pump_scenarios import abor_during_download, prepare_abor, truncated_upload
 from tests.edge.harness import EdgeSetup
 
 BIG = 24 * 1024 * 1024 + 5  # several queue limits, not a multiple of a record or frame
@@ -69,27 +67,8 @@ class EdgePumpTests(TestCase):
 
     @defer.inlineCallbacks
     def abor_download(self, version: str) -> Any:
-        home = self.setup.server.home()
-        with open(home / "big.bin", "wb") as handle:
-            handle.truncate(512 * 1024 * 1024)  # far more than the buffers on the way hold
-        (home / "small.txt").write_bytes(b"after ABOR")
-
-        def session() -> list[Any]:
-            ftp = self.setup.ftps(version=version)
-            connection = ftp.transfercmd("RETR big.bin")
-            received = 0
-            while received < 4 * 1024 * 1024:  # well into the pumped part
-                received += len(connection.recv(65536))
-            ftp.putcmd("ABOR")
-            first, second = ftp.getline(), ftp.getline()
-            connection.close()
-            small = bytearray()
-            ftp.retrbinary("RETR small.txt", small.extend)
-            noop = ftp.sendcmd("NOOP")
-            ftp.quit()
-            return [first[:3] + second[:3], bytes(small), noop[:3]]
-
-        replies = yield in_thread(session)
+        prepare_abor(self.setup.server.home())
+        replies = yield in_thread(lambda: abor_during_download(self.setup.ftps(version=version)))
         self.assertEqual(replies, ["426226", b"after ABOR", "200"])
         self.assertEqual(self.handed_off("send"), 1)  # small.txt: below PUMP_AFTER
 
@@ -103,24 +82,7 @@ class EdgePumpTests(TestCase):
     def truncated_upload(self, version: str) -> Any:
         home = self.setup.server.home()
         (home / "keep.bin").write_bytes(b"previous version")
-
-        def session() -> list[str]:
-            ftp = self.setup.ftps(version=version)
-            conn = ftp.transfercmd("STOR keep.bin")
-            conn.sendall(b"x" * 1_000_000)
-            time.sleep(0.5)  # the edge hands the socket to its thread meanwhile
-            conn.sendall(b"x" * 3_000_000)
-            socket.socket.shutdown(conn, socket.SHUT_WR)  # FIN without close_notify
-            try:
-                reply = ftp.voidresp()
-            except ftplib.Error as error:
-                reply = str(error)
-            conn.close()
-            clean = ftp.storbinary("STOR clean.bin", io.BytesIO(b"y" * 3_000_000))
-            ftp.quit()
-            return [reply, clean]
-
-        reply, clean = yield in_thread(session)
+        reply, clean = yield in_thread(lambda: truncated_upload(self.setup.ftps(version=version)))
         self.assertTrue(reply.startswith("426"), reply)
         self.assertIn("close_notify", reply)
         self.assertEqual(clean, "226 Transfer complete")
