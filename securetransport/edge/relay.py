@@ -170,6 +170,9 @@ class EdgeLink(LinkProtocol):
         (frames sent for the old client connection until then are dropped)."""
         self.client = _Closed()
         self._pause_client = self._resume_client = lambda: None
+        waiting, self._room_waiters = self._room_waiters, []
+        for waiter in waiting:  # nothing of the old client connection waits on the next one
+            waiter.callback(None)
         if self.transport is None or self.lost:
             return
         link: Any = self.transport

@@ -252,3 +252,45 @@ class LinkReuseTests(SynchronousTestCase):
             [kind for kind, _ in self.frames(busy_transport)], [Frame.RESET, Frame.SETTINGS]
         )
         self.assertIn(busy, dialer.idle)
+
+
+class _EdgeStub:
+    def __init__(self) -> None:
+        self.reactor = Clock()
+        self.links: set[Any] = set()
+        self.idle: list[Any] = []
+        self.ready: list[Any] = []
+
+    def link_ready(self, link: Any) -> None:
+        self.ready.append(link)
+
+
+class EdgeLinkReleaseTests(SynchronousTestCase):
+    """The edge's side of a link connection going back to the pool."""
+
+    def test_release_sends_close_and_frees_waiters_then_reset_makes_it_ready(self) -> None:
+        from securetransport.edge.relay import EdgeLink
+
+        edge = _EdgeStub()
+        link = EdgeLink(edge)  # type: ignore[arg-type]
+        link_transport = StringTransport()
+        link.makeConnection(link_transport)
+        self.addCleanup(link.connectionLost, None)
+        client_transport = StringTransport()
+        link.bind(object(), client_transport)  # type: ignore[arg-type]
+        link._link_full()  # the link's send buffer is full
+        self.assertEqual(client_transport.producerState, "paused")  # the client is not read
+        waiter = link.send_with_room(b"upload bytes")
+        self.assertFalse(waiter.called)
+        link_transport.clear()
+        link.release(True)
+        self.assertTrue(waiter.called)  # not left to fire for the next client connection
+        self.assertIsNone(link_transport.producer)
+        self.assertEqual(
+            FrameDecoder().feed(link_transport.value()), [(Frame.CLOSE, b'{"clean":true}')]
+        )
+        link.dataReceived(encode(Frame.DATA, b"late, for the old client"))  # dropped
+        self.assertFalse(link_transport.disconnecting)
+        link.dataReceived(encode(Frame.RESET))
+        self.assertEqual(edge.ready, [link])
+        self.assertIsNone(link.client)
