@@ -373,13 +373,20 @@ def init_pki(
             san_email=(name,) if "@" in name else (),
         )
 
+    return write_issued(folder, issued)
+
+
+def write_issued(
+    folder: Path, issued: dict[str, tuple[x509.Certificate, PrivateKey]]
+) -> list[Path]:
+    """Write each `stem.crt`/`stem.key` of `issued` (in its order) into `folder`, made
+    0700 when it does not exist yet; the paths written. OSError becomes PKIError."""
     try:
         if not folder.exists():
             folder.mkdir(parents=True, mode=0o700)
             os.chmod(folder, 0o700)
         written = []
-        for stem in stems:
-            cert, key = issued[stem]
+        for stem, (cert, key) in issued.items():
             written.append(write_pem(folder / f"{stem}.crt", cert))
             written.append(write_pem(folder / f"{stem}.key", key))
     except OSError as error:

@@ -47,7 +47,7 @@ from securetransport.pki import (
     PKIError,
     issue_certificate,
     make_ca,
-    write_pem,
+    write_issued,
 )
 from securetransport.tls.facts import HandshakeInfo
 
@@ -251,16 +251,7 @@ def init_link_pki(
             not_after=not_after,
             eku=(SERVER_AUTH, CLIENT_AUTH),
         )
-    try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        written = []
-        for stem in stems:
-            cert, key = issued[stem]
-            written.append(write_pem(folder / f"{stem}.crt", cert))
-            written.append(write_pem(folder / f"{stem}.key", key))
-    except OSError as error:
-        raise PKIError(f"cannot write {error.filename or folder}: {error.strerror}") from None
-    return written
+    return write_issued(folder, issued)
 
 
 # ------------------------------------------------------------------------ the protocol base

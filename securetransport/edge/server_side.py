@@ -395,7 +395,7 @@ class ServerLink(LinkProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.dialer.links.add(self)
-        self.send_settings(self.dialer.settings())
+        self.send_settings(self.dialer.current)
 
     def send_settings(self, message: dict[str, Any]) -> None:
         """SETTINGS, on a link connection not in use (the edge refuses it otherwise)."""
@@ -584,7 +584,8 @@ class EdgeDialer:
         self.runtime = runtime
         self.edge = edge
         self.options = options
-        self.settings = settings  # () -> the SETTINGS message
+        self.settings = settings  # () -> the SETTINGS message, built anew
+        self.current: dict[str, Any] = settings()  # what link connections get; see push_settings
         self.pool_size = pool_size
         self.idle: set[ServerLink] = set()
         self.links: set[ServerLink] = set()  # every connected link connection, idle or used
@@ -648,7 +649,7 @@ class EdgeDialer:
         self.delay = 0.0
         if not self.was_up:
             self.was_up = True
-            digest = digest_of(self.settings()["settings"])
+            digest = digest_of(self.current["settings"])
             log.info(
                 "edge {edge}: link up ({address} port {port}); ssl-access digest {digest}",
                 edge=self.edge.name,
@@ -660,10 +661,12 @@ class EdgeDialer:
     def push_settings(self) -> None:
         """The settings may have changed (SIGHUP, new [tls] files): every idle link
         connection gets them now, one in use when it comes back (`returned`)."""
-        current = self.settings()
+        fresh = self.settings()
+        if fresh != self.current:
+            self.current = fresh
         for link in self.idle:
-            if link.settings_sent != current:
-                link.send_settings(current)
+            if link.settings_sent is not self.current:
+                link.send_settings(self.current)
 
     def taken(self, link: ServerLink) -> None:
         self.idle.discard(link)
@@ -675,9 +678,8 @@ class EdgeDialer:
         self.released += 1
         if link.lost:
             return
-        current = self.settings()
-        if link.settings_sent != current:  # changed while it was in use
-            link.send_settings(current)
+        if link.settings_sent is not self.current:  # changed while it was in use
+            link.send_settings(self.current)
         if not self.running or len(self.idle) >= 2 * self.pool_size:
             if link.transport is not None:
                 link.transport.loseConnection()
@@ -717,7 +719,7 @@ class EdgeDialer:
 
 def start_dialers(reactor: Any, runtime: Any, config: Any) -> list[EdgeDialer]:
     """Dial every `[[edge]]` of a server config; the SETTINGS message follows SIGHUP
-    reloads of the [tls] files (it is built anew for each link connection)."""
+    reloads of the [tls] files (built once, and again by `EdgeDialer.push_settings`)."""
     from securetransport.edge.link import link_tls_options
     from securetransport.edge.settings import settings_message
 

@@ -7,6 +7,7 @@ external clients (curl, lftp) run as processes, so every byte crosses loopback s
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -164,12 +165,14 @@ ports = "{first}-{first + 99}"
         return store
 
     def audit_events(self) -> list[dict[str, Any]]:
-        import json
+        return audit_events_in(self.root / "log" / "audit.jsonl")
 
-        path = self.root / "log" / "audit.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+def audit_events_in(path: Path) -> list[dict[str, Any]]:
+    """The events of an audit log (none when it does not exist yet)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def in_thread(fn: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:

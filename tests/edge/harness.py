@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ftplib
 import random
+import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,17 @@ from tests.e2e.harness import LiveServer
 
 EDGE_HOST = "127.0.0.2"
 LINK_HOST = "127.0.0.3"
+
+
+def read_reply(sock: socket.socket) -> str:
+    """One reply line from a raw control socket (or an ssl wrapper of it)."""
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode()
 
 
 def edge_certificate(pki: Path) -> None:

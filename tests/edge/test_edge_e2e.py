@@ -23,17 +23,7 @@ from securetransport.config import MetricsConfig
 from securetransport.edge.server_side import POOL_SIZE
 from securetransport.edge.settings import settings_digest
 from tests.e2e.harness import in_thread, random_file, run_tool, sha256_file
-from tests.edge.harness import EDGE_HOST, EdgeSetup
-
-
-def _read_reply(sock: socket.socket) -> str:
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode()
+from tests.edge.harness import EDGE_HOST, EdgeSetup, read_reply
 
 
 class EdgeControlTests(TestCase):
@@ -121,13 +111,13 @@ class EdgeControlTests(TestCase):
             import ssl
 
             sock = socket.create_connection((EDGE_HOST, self.setup.explicit_port), timeout=10)
-            _read_reply(sock)
+            read_reply(sock)
             sock.sendall(b"AUTH TLS\r\nUSER alice\r\n")
-            auth = _read_reply(sock)
+            auth = read_reply(sock)
             context = self.setup.client_context()
             tls = context.wrap_socket(sock, server_hostname=EDGE_HOST)
             tls.sendall(b"PWD\r\n")
-            reply = _read_reply(tls)  # type: ignore[arg-type]
+            reply = read_reply(tls)  # type: ignore[arg-type]
             tls.close()
             del ssl
             return auth, reply
@@ -144,7 +134,7 @@ class EdgeControlTests(TestCase):
 
         def run() -> tuple[str, bytes]:
             sock = socket.create_connection((EDGE_HOST, self.setup.explicit_port), timeout=10)
-            reply = _read_reply(sock)
+            reply = read_reply(sock)
             sock.close()
             try:  # closed (FIN or reset) with no byte sent: no ServerHello
                 with socket.create_connection(
@@ -359,7 +349,7 @@ class EdgeFailureTests(TestCase):
 
         def run() -> str:
             sock = socket.create_connection((EDGE_HOST, setup.explicit_port), timeout=10)
-            reply = _read_reply(sock)
+            reply = read_reply(sock)
             sock.close()
             return reply
 
@@ -517,7 +507,7 @@ class EdgeBanTests(TestCase):
 
         def run() -> tuple[str, bytes]:
             sock = socket.create_connection((EDGE_HOST, setup.explicit_port), timeout=10)
-            reply = _read_reply(sock)
+            reply = read_reply(sock)
             sock.close()
             try:  # closed (FIN or reset) with no byte sent: no ServerHello
                 with socket.create_connection(
@@ -555,7 +545,7 @@ class EdgePoolTests(TestCase):
                 socket.create_connection((EDGE_HOST, setup.explicit_port), timeout=10)
                 for _ in range(count)
             ]
-            replies = [_read_reply(sock) for sock in socks]
+            replies = [read_reply(sock) for sock in socks]
             for sock in socks:
                 sock.close()
             return replies

@@ -19,17 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from hardening.clients import ResumingFTP_TLS
 from hardening.server import DEFAULT_CLASSES, ServerProcess, free_port, twistd_path
 from securetransport.edge.link import init_link_pki
-from tests.edge.harness import EDGE_HOST, LINK_HOST, edge_certificate
-
-
-def read_reply(sock: socket.socket) -> str:
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode()
+from tests.edge.harness import EDGE_HOST, LINK_HOST, edge_certificate, read_reply
 
 
 class EdgeProcess:

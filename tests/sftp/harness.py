@@ -21,7 +21,7 @@ from securetransport.service import SecureTransportService
 from securetransport.sftp.keys import HOST_KEY_NAME, write_ssh_keys
 from securetransport.stores import open_user_store
 from securetransport.userstore import Account
-from tests.e2e.harness import require_tool, run_tool
+from tests.e2e.harness import audit_events_in, require_tool, run_tool
 
 SSH_CLASSES = """
 [[class]]
@@ -129,12 +129,7 @@ host_keys = ["keys/{HOST_KEY_NAME}"]
         return store
 
     def audit_events(self) -> list[dict[str, Any]]:
-        import json
-
-        path = self.root / "log" / "audit.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return audit_events_in(self.root / "log" / "audit.jsonl")
 
 
 def ssh_options(server: SFTPServer) -> list[str]:
