@@ -8,6 +8,7 @@ paramiko runs in a thread. Every byte crosses loopback sockets.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,21 @@ host_keys = ["keys/{HOST_KEY_NAME}"]
 
     def audit_events(self) -> list[dict[str, Any]]:
         return audit_events_in(self.root / "log" / "audit.jsonl")
+
+
+def banner_after(port: int, header: bytes = b"") -> bytes:
+    """Connect, send `header`, and return what the server says first (b"" when it closes).
+
+    A server that aborts a refused connection can reset it before our connect() returns
+    on a loaded machine; that too is a close before any banner.
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            if header:
+                sock.sendall(header)
+            return sock.recv(200)
+    except ConnectionResetError:
+        return b""
 
 
 def ssh_options(server: SFTPServer) -> list[str]:

@@ -9,7 +9,6 @@ import os
 import socket
 import struct
 import time
-from pathlib import Path
 from typing import Any
 
 import paramiko
@@ -19,7 +18,7 @@ from twisted.trial.unittest import TestCase
 from hardening.server import PASSWORD
 from tests.e2e.harness import in_thread
 from tests.sftp import paramiko_client as pc
-from tests.sftp.harness import SFTPServer
+from tests.sftp.harness import SFTPServer, banner_after
 
 
 def _wait_for(predicate: Any, seconds: float = 10.0) -> defer.Deferred[None]:
@@ -407,19 +406,8 @@ class SharedBans(TestCase):
 
         yield in_thread(fail_ftp)
 
-        def ssh_banner() -> bytes:
-            with socket.create_connection(("127.0.0.1", self.server.port), timeout=10) as s:
-                try:
-                    return s.recv(200)
-                except ConnectionResetError:
-                    return b""
-
-        banner = yield in_thread(ssh_banner)
+        banner = yield in_thread(banner_after, self.server.port)
         self.assertEqual(banner, b"")  # closed before even the version line
-
-
-def _unused(path: Path) -> None:
-    """Keep Path imported for type hints in helpers."""
 
 
 class AccountsAndModes(TestCase):

@@ -3,23 +3,13 @@ the client's for classes, bans and the audit, as for FTP."""
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from tests.e2e.harness import in_thread
-from tests.sftp.harness import SFTPServer
-
-
-def banner_after_header(port: int, header: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(header)
-        try:
-            return sock.recv(200)
-        except ConnectionResetError:
-            return b""
+from tests.sftp.harness import SFTPServer, banner_after
 
 
 class ProxiedSFTPTests(TestCase):
@@ -35,7 +25,7 @@ class ProxiedSFTPTests(TestCase):
     @defer.inlineCallbacks
     def test_header_address_is_the_client(self) -> Any:
         header = b"PROXY TCP4 192.0.2.9 127.0.0.1 40000 22\r\n"
-        banner = yield in_thread(banner_after_header, self.server.port, header)
+        banner = yield in_thread(banner_after, self.server.port, header)
         self.assertTrue(banner.startswith(b"SSH-2.0-securetransport"), banner)
         starts = [e for e in self.server.audit_events() if e["event"] == "session-start"]
         self.assertEqual([(e["client"], e["protocol"]) for e in starts], [("192.0.2.9", "sftp")])
@@ -47,8 +37,8 @@ class ProxiedSFTPTests(TestCase):
         for _ in range(2):
             guard.record_failure("192.0.2.9", "x", now)
         header = b"PROXY TCP4 192.0.2.9 127.0.0.1 40000 22\r\n"
-        banner = yield in_thread(banner_after_header, self.server.port, header)
+        banner = yield in_thread(banner_after, self.server.port, header)
         self.assertEqual(banner, b"")
         other = b"PROXY TCP4 192.0.2.10 127.0.0.1 40000 22\r\n"
-        banner = yield in_thread(banner_after_header, self.server.port, other)
+        banner = yield in_thread(banner_after, self.server.port, other)
         self.assertTrue(banner.startswith(b"SSH-2.0-"), banner)
