@@ -24,6 +24,7 @@ from securetransport.runtime import ServerRuntime
 from securetransport.tls.context import connection_creator, handshake_info
 from securetransport.tls.facts import HandshakeInfo
 from securetransport.tls.groups import DataConnectionCreator, GroupMember
+from securetransport.tls.membio import renew_idle_bios
 
 # What the channel reports after a protected data connection's handshake and binding
 # check (tls.groups: resumed from this control session, or from a sibling's in an
@@ -145,6 +146,8 @@ class LocalControlChannel:
         if self._context is None:
             self._context = connection.get_context()  # implicit: the listener made it
         self._handshake = handshake_info(connection)
+        # Once Twisted has flushed the handshake's last flight, its buffers can go.
+        self.runtime.reactor.callLater(0, renew_idle_bios, connection)
         return self._handshake
 
     def join_reuse_group(self, account: str) -> None:

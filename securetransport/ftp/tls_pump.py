@@ -10,7 +10,8 @@ fresh memory BIOs back and Twisted's TLS layer finishes the connection as usual
 (close_notify, TCP close), so ABOR, the watchdog, the 426 rule and the TLS 1.3 ticket
 hold on uploads (`data.TicketGate`) behave as on the reactor path.
 
-The private OpenSSL calls are in the first functions of this module only.
+The private OpenSSL calls are `tls/membio.py` (the BIOs) and the first functions of this
+module (SSL_read and SSL_write on the socket).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from securetransport.replies import Reply
+from securetransport.tls.membio import bind_to_socket, pending_in_memory_bios, unbind_from_socket
 from securetransport.vfs import IReadHandle, IUpload
 
 log = Logger(namespace="securetransport.ftp.tls_pump")
@@ -43,46 +45,6 @@ DRAIN_POLL = 0.002  # seconds between looks at Twisted's send buffer before a ha
 
 
 # ------------------------------------------------------------------ private OpenSSL calls
-
-
-def pending_in_memory_bios(conn: SSL.Connection, *, incoming: bool = True) -> int:
-    """Bytes waiting in `conn`'s memory BIOs (0 when it has none): both, or only the
-    outgoing one."""
-    total = 0
-    for bio in (conn._into_ssl, conn._from_ssl) if incoming else (conn._from_ssl,):
-        if bio is not None:
-            total += int(_lib.BIO_get_mem_data(bio, _ffi.NULL))
-    return total
-
-
-def bind_to_socket(conn: SSL.Connection, fd: int) -> None:
-    """Move an established memory-BIO `conn` onto socket `fd` (which it will not close).
-
-    Its memory BIOs must be empty: OpenSSL frees them. pyOpenSSL's references are set to
-    None so that a stray `bio_read`/`bio_write` raises instead of touching freed memory.
-    """
-    if pending_in_memory_bios(conn):
-        raise ValueError("memory BIOs not empty")
-    if _lib.SSL_set_fd(conn._ssl, fd) != 1:
-        _lib.ERR_clear_error()
-        raise OSError("SSL_set_fd failed")
-    conn._into_ssl = None
-    conn._from_ssl = None
-    # The session Contexts release idle buffers (small idle sessions); while pumping,
-    # that would be a free and a malloc per 16 KiB record.
-    _lib.SSL_clear_mode(conn._ssl, _lib.SSL_MODE_RELEASE_BUFFERS)
-
-
-def unbind_from_socket(conn: SSL.Connection) -> None:
-    """Give `conn` fresh, empty memory BIOs again (frees the socket BIO)."""
-    into = _lib.BIO_new(_lib.BIO_s_mem())
-    out = _lib.BIO_new(_lib.BIO_s_mem())
-    if into == _ffi.NULL or out == _ffi.NULL:  # pragma: no cover - out of memory
-        raise MemoryError("BIO_new")
-    _lib.SSL_set_bio(conn._ssl, into, out)
-    conn._into_ssl = into
-    conn._from_ssl = out
-    _lib.SSL_set_mode(conn._ssl, _lib.SSL_MODE_RELEASE_BUFFERS)
 
 
 class _Closed(Exception):

@@ -1,5 +1,6 @@
-"""The private OpenSSL calls of ftp/tls_pump.py: an established memory-BIO TLS connection
-moved onto a socket and back, in TLS 1.2 and 1.3, with no byte lost or reordered."""
+"""The private OpenSSL calls of tls/membio.py and ftp/tls_pump.py: an established
+memory-BIO TLS connection moved onto a socket and back, in TLS 1.2 and 1.3, with no byte
+lost or reordered."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from OpenSSL import SSL
 from twisted.trial.unittest import TestCase
 
 from securetransport.ftp import tls_pump
+from securetransport.tls import membio
 from tests.tls.helpers import TLS12, TLS13, client_context, close, connect, make_pki, move
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 11)
@@ -51,14 +53,14 @@ class BindTests(TestCase):
         server_ctx = self.pki.factory().new_session_context(request_client_certificate=False)
         client_ctx = client_context(max_version=version, min_version=version)
         client, server = connect(client_ctx, server_ctx)
-        self.assertEqual(tls_pump.pending_in_memory_bios(server), 0)
+        self.assertEqual(membio.pending_in_memory_bios(server), 0)
         ours, theirs = socket.socketpair()
         self.addCleanup(ours.close)
         self.addCleanup(theirs.close)
         ours.setblocking(False)
         theirs.setblocking(False)
-        tls_pump.bind_to_socket(server, ours.fileno())
-        tls_pump.bind_to_socket(client, theirs.fileno())
+        membio.bind_to_socket(server, ours.fileno())
+        membio.bind_to_socket(client, theirs.fileno())
         self.assertIsNone(server._into_ssl)
         with self.assertRaises(TypeError):  # a stray memory-BIO call fails, never crashes
             server.bio_read(10)
@@ -91,11 +93,11 @@ class BindTests(TestCase):
         self.assertTrue(closed)
 
         # Back on fresh memory BIOs: the server's close_notify goes through them.
-        tls_pump.unbind_from_socket(server)
-        self.assertEqual(tls_pump.pending_in_memory_bios(server), 0)
+        membio.unbind_from_socket(server)
+        self.assertEqual(membio.pending_in_memory_bios(server), 0)
         server.shutdown()
-        self.assertGreater(tls_pump.pending_in_memory_bios(server), 0)
-        tls_pump.unbind_from_socket(client)
+        self.assertGreater(membio.pending_in_memory_bios(server), 0)
+        membio.unbind_from_socket(client)
         move(server, client)
         with self.assertRaises(SSL.ZeroReturnError):
             client.recv(1)
@@ -115,6 +117,6 @@ class BindTests(TestCase):
         self.addCleanup(ours.close)
         self.addCleanup(theirs.close)
         with self.assertRaises(ValueError):
-            tls_pump.bind_to_socket(server, ours.fileno())
+            membio.bind_to_socket(server, ours.fileno())
         self.assertEqual(server.recv(100), b"not yet read")  # still on its memory BIOs
         close(client, server)
