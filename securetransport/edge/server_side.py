@@ -116,6 +116,7 @@ class LinkTransport:
         self._peer = _address(*peer)
         self._host = _address(*host)
         self.disconnecting = False
+        self.producer: Any = None
 
     def getPeer(self) -> IPv4Address | IPv6Address:  # noqa: N802
         return self._peer
@@ -141,6 +142,21 @@ class LinkTransport:
         if not self.disconnecting:
             self.disconnecting = True
             self.link.send_json(Frame.CLOSE, {"how": "abort"})
+        # A socket's abort stops its producer within a turn of the reactor; the edge's
+        # answer (CLOSE) is a round trip away, and nothing more is sent meanwhile.
+        self._stop_producer()
+
+    def client_gone(self) -> None:
+        """The client connection is over (the edge's CLOSE, or the link lost): as a
+        socket's connectionLost does, the producer writing to it stops."""
+        self.disconnecting = True
+        self._stop_producer()
+
+    def _stop_producer(self) -> None:
+        producer = self.producer
+        if producer is not None:
+            self.unregisterProducer()
+            producer.stopProducing()
 
     def pauseProducing(self) -> None:  # noqa: N802
         self.link.pause_link()
@@ -154,11 +170,13 @@ class LinkTransport:
     def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802
         link: Any = self.link.transport
         if link is not None:
+            self.producer = producer
             link.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:  # noqa: N802
+        producer, self.producer = self.producer, None
         link: Any = self.link.transport
-        if link is not None:
+        if producer is not None and link is not None:
             link.unregisterProducer()
 
 
@@ -513,6 +531,8 @@ class ServerLink(LinkProtocol):
         if session is not None:
             session.connectionLost(reason)
         if data is not None:
+            if isinstance(data.transport, LinkTransport):
+                data.transport.client_gone()
             data.connectionLost(reason)
 
     def _drop_listening(self, why: str) -> None:

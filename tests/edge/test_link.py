@@ -294,3 +294,83 @@ class EdgeLinkReleaseTests(SynchronousTestCase):
         link.dataReceived(encode(Frame.RESET))
         self.assertEqual(edge.ready, [link])
         self.assertIsNone(link.client)
+
+
+class _PendingHandle:
+    """An IReadHandle whose read never completes: a FileSender waiting on the disk."""
+
+    size = 1 << 30
+
+    def read(self, offset: int, length: int) -> Any:
+        from twisted.internet.defer import Deferred
+
+        return Deferred()
+
+
+class _TLSLikeTransport(StringTransport):
+    """As Twisted's TLS transport (the link's): unregistering no producer does nothing."""
+
+    def unregisterProducer(self) -> None:  # noqa: N802
+        if self.producer is not None:
+            super().unregisterProducer()
+
+
+class RelayedDownloadEndTests(SynchronousTestCase):
+    """A file sent over a relayed data connection stops when that connection ends, as on a
+    socket (whose connectionLost stops its producer): before, a download paused by a full
+    link outlived ABOR, and the session served no command after it."""
+
+    def relayed(self) -> tuple[Any, Any, StringTransport]:
+        from securetransport.edge.server_side import EdgeDialer, RelayedDataChannel, ServerLink
+
+        dialer = EdgeDialer(Clock(), None, _Edge(), None, lambda: {"settings": {}})  # type: ignore[arg-type]
+        dialer.running = True
+        dialer.top_up = lambda: None  # type: ignore[method-assign]  # no dialling here
+        link = ServerLink(dialer)
+        transport = _TLSLikeTransport()
+        link.makeConnection(transport)
+        link.handshakeCompleted()
+        self.addCleanup(link.connectionLost, None)
+        channel = RelayedDataChannel(
+            dialer.reactor, "127.0.0.1", None, lambda *a: None, 30, None, "t1"
+        )
+        dialer.listening["t1"] = (channel, None)
+        link.dataReceived(
+            encode_json(Frame.OPEN, {"kind": "data", "token": "t1", "address": "127.0.0.1"})
+        )
+        self.assertIsNotNone(link.data)
+        transport.clear()
+        return link.data, link, transport
+
+    def sending(self) -> tuple[Any, Any, StringTransport, list[Any]]:
+        from securetransport.ftp.data import FileSender
+
+        connection, link, transport = self.relayed()
+        outcome: list[Any] = []
+        FileSender(_PendingHandle(), connection, 0).start().addBoth(outcome.append)  # type: ignore[arg-type]
+        self.assertIsNotNone(transport.producer)
+        transport.pauseProducing()  # the link is full
+        return connection, link, transport, outcome
+
+    def test_the_edges_close_stops_a_paused_download(self) -> None:
+        connection, link, transport, outcome = self.sending()
+        link.dataReceived(encode_json(Frame.CLOSE, {"clean": False}))
+        self.assertEqual(len(outcome), 1)
+        self.assertIn("transfer aborted", str(outcome[0].value))
+        self.assertIsNotNone(connection.lost_reason)
+        self.assertIsNone(transport.producer)
+        self.assertEqual(
+            [kind for kind, _ in FrameDecoder().feed(transport.value())], [Frame.RESET]
+        )
+
+    def test_an_abort_stops_the_download_at_once(self) -> None:
+        connection, link, transport, outcome = self.sending()
+        connection.abort()  # ABOR, the watchdog, the session's end
+        self.assertEqual(len(outcome), 1)
+        self.assertIsNone(transport.producer)
+        self.assertEqual(
+            FrameDecoder().feed(transport.value()), [(Frame.CLOSE, b'{"how":"abort"}')]
+        )
+        self.assertIsNone(connection.lost_reason)  # lost when the edge answers
+        link.dataReceived(encode_json(Frame.CLOSE, {"clean": False}))
+        self.assertIsNotNone(connection.lost_reason)
