@@ -236,3 +236,23 @@ def client_hello(version: ssl.TLSVersion | None = None) -> bytes:
     except ssl.SSLWantReadError:
         pass
     return outgoing.read()
+
+
+def implicit_hello_answer(
+    host: str, port: int, source: str | None = None, limit: float = 5
+) -> tuple[bytes, str]:
+    """Send a ClientHello to an implicit FTPS port; what comes back until it closes, as
+    `read_until_closed`. A server that refuses the connection may reset it before our
+    connect() returns (a loaded machine): that is (b"", "reset at connect")."""
+    try:
+        sock = socket.create_connection(
+            (host, port), limit, source_address=(source, 0) if source else None
+        )
+    except ConnectionResetError:
+        return b"", "reset at connect"
+    with sock:
+        try:
+            sock.sendall(client_hello())
+        except OSError:
+            pass
+        return read_until_closed(sock, limit)

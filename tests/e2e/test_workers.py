@@ -164,6 +164,9 @@ class WorkersServer:
     def session_pids(self) -> list[int]:
         return [e["pid"] for e in self.audit() if e["event"] == "session-start"]
 
+    def session_ends(self) -> int:
+        return sum(1 for e in self.audit() if e["event"] == "session-end")
+
     def ftps(self) -> ReusingFTP_TLS:
         context = ssl.create_default_context(cafile=str(self.root / "pki" / "ca.crt"))
         ftp = ReusingFTP_TLS(context=context, timeout=30)
@@ -218,8 +221,10 @@ class WorkersTests(SynchronousTestCase):
             time.sleep(0.2)
             if len(set(server.session_pids()[-3:])) == 2:
                 break
+            ended = server.session_ends()
             held.pop(0).close()
-            time.sleep(0.2)
+            # Its worker has let the slot go once it logs the end (the count comes first).
+            server.wait_for(lambda: server.session_ends() > ended, "the session's end")  # noqa: B023
         self.assertEqual(len(set(server.session_pids()[-3:])), 2, "3 sessions on both workers")
         for _ in range(6):
             sock, line = greeting(server.port)

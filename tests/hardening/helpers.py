@@ -65,7 +65,9 @@ class Session(Control):
         return received, [first, self.read_reply()]
 
     def stor(self, line: str | bytes, payload: bytes) -> list[str]:
-        """Replies of an upload command sending `payload` and closing cleanly."""
+        """Replies of an upload command sending `payload` and closing cleanly. When the
+        server cuts the data connection while we still send (an upload it refuses
+        midway), the reply is read all the same, as real clients do."""
         data = self._data()
         if isinstance(data, str):
             return [data]
@@ -73,7 +75,10 @@ class Session(Control):
             first = self.command(line)
             if not first.startswith("1"):
                 return [first]
-            data.sendall(payload)
+            try:
+                data.sendall(payload)
+            except (ConnectionResetError, BrokenPipeError):
+                pass
         finally:
             data.close()
         return [first, self.read_reply()]

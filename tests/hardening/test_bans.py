@@ -5,7 +5,6 @@ Each client address is a different 127.0.0.x, so the tests see bans as other cli
 
 from __future__ import annotations
 
-import socket
 import statistics
 import time
 from typing import Any
@@ -13,7 +12,12 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from hardening.clients import Closed, Control, client_context, client_hello, read_until_closed
+from hardening.clients import (
+    Closed,
+    Control,
+    client_context,
+    implicit_hello_answer,
+)
 from tests.e2e.harness import PASSWORD, LiveServer, in_thread
 from tests.hardening.helpers import HOST, Session, code
 
@@ -77,18 +81,7 @@ class BanTests(TestCase):
             out["second_session"] = fail_logins(port, attacker, "alice", 5)
             banned_at = time.monotonic()
             out["new_connection"] = greeting(port, attacker)
-            try:
-                raw = socket.create_connection((HOST, implicit), 5, source_address=(attacker, 0))
-            except ConnectionResetError:
-                # Closed before our connect() returned (a loaded machine): no handshake either.
-                out["implicit"] = (b"", "reset at connect")
-            else:
-                try:
-                    raw.sendall(client_hello())
-                except OSError:
-                    pass
-                out["implicit"] = read_until_closed(raw, 5)
-                raw.close()
+            out["implicit"] = implicit_hello_answer(HOST, implicit, attacker)
             try:
                 out["waiting_pass"] = waiting.command(f"PASS {PASSWORD}")
             except (Closed, OSError):

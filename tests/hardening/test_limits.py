@@ -22,6 +22,7 @@ from hardening.clients import (
     Control,
     client_context,
     client_hello,
+    implicit_hello_answer,
     pasv_port,
     read_until_closed,
 )
@@ -68,13 +69,7 @@ class SessionLimitTests(TestCase):
             c1 = Control(port, source="127.0.0.3", greet=False)
             out["over_total"] = c1.read_reply()
             out["over_total_closed"] = c1.closed_by_server()
-            raw = raw_connect(implicit, "127.0.0.3")
-            try:
-                raw.sendall(client_hello())
-            except OSError:
-                pass
-            out["implicit_over_total"] = read_until_closed(raw, 5)
-            raw.close()
+            out["implicit_over_total"] = implicit_hello_answer(HOST, implicit, "127.0.0.3")
             out["quit"] = a1.command("QUIT")
             out["quit_closed"] = a1.closed_by_server()
             a4 = Control(port)  # QUIT's slot is free as soon as the server has closed
