@@ -36,12 +36,29 @@ session_reuse = "required"
 LOOPBACK = ("127.0.0.1", "::1")
 
 
+# Below Linux's ephemeral range (32768-60999 by default): no outgoing connection and no
+# bind to port 0 gets one of these between our probe and the server's own bind.
+_PORTS_FROM, _PORTS_TO = 20000, 32767
+_handed_out: set[int] = set()
+
+
 def free_port(address: str = "127.0.0.1") -> int:
-    """A TCP port free on `address` right now (the kernel picks it)."""
+    """A TCP port free on `address` right now, never handed out before in this process,
+    outside the kernel's ephemeral range (so that nothing takes it before the server
+    binds it)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((address, 0))
-        return int(probe.getsockname()[1])
+    for _ in range(200):
+        port = random.randint(_PORTS_FROM, _PORTS_TO)
+        if port in _handed_out:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((address, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port on {address} in {_PORTS_FROM}-{_PORTS_TO}")
 
 
 def twistd_path() -> str:

@@ -15,13 +15,9 @@ from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
+from hardening.server import free_port
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class WheelTests(TestCase):

@@ -25,6 +25,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from hardening.server import free_port
 from hardening.unprivileged import runtime
 from securetransport.passwords import hash_password
 from securetransport.pki import init_pki
@@ -36,12 +37,6 @@ from tests.e2e.harness import PASSWORD, random_file
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 SIZE = 20 * 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def greeting(port: int, source: str | None = None) -> tuple[socket.socket, str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,18 +14,13 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from hardening.server import free_port
 from securetransport.sftp.keys import write_ssh_keys
 from securetransport.stores import open_user_store
 from securetransport.userstore import Account
 from tests.e2e.harness import random_file, require_tool, sha256_file
 
 REPO = Path(__file__).resolve().parent.parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class WorkersSFTPTests(SynchronousTestCase):
