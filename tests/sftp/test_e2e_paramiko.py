@@ -470,12 +470,12 @@ class IdleTimeout(TestCase):
 
     @defer.inlineCallbacks
     def test_idle_session_ends_busy_one_does_not(self) -> Any:
-        server = SFTPServer(self, extra_server="idle_timeout = 1").start()
+        server = SFTPServer(self, extra_server="idle_timeout = 2").start()
         holder: dict[str, Any] = {}
 
         def busy_then_idle() -> bool:
             holder["transport"], sftp = pc.sftp_by_key(server)
-            for _ in range(6):  # 1.5 s of activity, 0.25 s apart: longer than the timeout
+            for _ in range(12):  # 3 s of activity, 0.25 s apart: longer than the timeout
                 sftp.listdir("/")
                 time.sleep(0.25)
             still_active = holder["transport"].is_active()
@@ -483,6 +483,6 @@ class IdleTimeout(TestCase):
 
         alive_while_busy = yield in_thread(busy_then_idle)
         self.assertTrue(alive_while_busy)
-        yield _wait_for(lambda: not holder["transport"].is_active(), seconds=5)
+        yield _wait_for(lambda: not holder["transport"].is_active(), seconds=10)
         holder["transport"].close()
         self.assertIn("idle-timeout", [e["event"] for e in server.audit_events()])
