@@ -39,6 +39,24 @@ def abor_during_download(ftp: ftplib.FTP_TLS) -> list[Any]:
     return [first[:3] + second[:3], bytes(small), noop[:3]]
 
 
+def abor_during_upload(ftp: ftplib.FTP_TLS) -> list[Any]:
+    """STOR keep.bin: 4 MB in two parts (the receiving thread takes over in between), then
+    ABOR with the data connection still open, then STOR after.txt and NOOP: [the ABOR
+    reply codes joined, the second STOR's reply, NOOP's code]; expected
+    ["426226", "226 Transfer complete", "200"]."""
+    conn = ftp.transfercmd("STOR keep.bin")
+    conn.sendall(b"x" * 1_000_000)
+    time.sleep(0.3)  # the server (or the edge) hands the socket to its thread meanwhile
+    conn.sendall(b"x" * 3_000_000)
+    ftp.putcmd("ABOR")
+    first, second = ftp.getline(), ftp.getline()
+    conn.close()
+    after = ftp.storbinary("STOR after.txt", io.BytesIO(b"after ABOR"))
+    noop = ftp.sendcmd("NOOP")
+    ftp.quit()
+    return [first[:3] + second[:3], after, noop[:3]]
+
+
 def truncated_upload(ftp: ftplib.FTP_TLS) -> list[str]:
     """STOR keep.bin of 4 MB ended by a FIN without close_notify, then a clean STOR of
     clean.bin (3 MB of b"y"): [the first reply, the second]."""

@@ -29,7 +29,13 @@ from tests.e2e.harness import (
     run_tool,
     sha256_file,
 )
-from tests.e2e.pump_scenarios import abor_during_download, prepare_abor, truncated_upload
+from tests.e2e.pump_scenarios import (
+    abor_during_download,
+    abor_during_upload,
+    prepare_abor,
+    truncated_upload,
+)
+from tests.hardening.helpers import temporaries
 
 BIG = 24 * 1024 * 1024 + 5  # several pump chunks, not a multiple of a record or a chunk
 CURL_VERSION = {"1.2": ["--tlsv1.2", "--tls-max", "1.2"], "1.3": ["--tlsv1.3"]}
@@ -121,6 +127,25 @@ class FastPathTests(TestCase):
 
     def test_abor_during_download_tls13(self) -> Any:
         return self.abor_download("1.3")
+
+    @defer.inlineCallbacks
+    def abor_upload(self, version: str) -> Any:
+        server = LiveServer(self).start()
+        home = server.home()
+        (home / "keep.bin").write_bytes(b"previous version")
+        replies = yield in_thread(lambda: abor_during_upload(ftps_login(server, version)))
+        self.assertEqual(replies, ["426226", "226 Transfer complete", "200"])
+        self.assertEqual((home / "keep.bin").read_bytes(), b"previous version")
+        self.assertEqual((home / "after.txt").read_bytes(), b"after ABOR")
+        self.assertEqual(temporaries(home), [])
+        # The aborted upload went to the thread; after.txt may be complete before its hand-off.
+        self.assertIn(self.handed_off("receive"), (1, 2))
+
+    def test_abor_during_upload_tls12(self) -> Any:
+        return self.abor_upload("1.2")
+
+    def test_abor_during_upload_tls13(self) -> Any:
+        return self.abor_upload("1.3")
 
     @defer.inlineCallbacks
     def truncated_upload(self, version: str) -> Any:

@@ -14,8 +14,14 @@ from twisted.trial.unittest import TestCase
 
 from securetransport.ftp.tls_pump import TLSPump
 from tests.e2e.harness import in_thread
-from tests.e2e.pump_scenarios import abor_during_download, prepare_abor, truncated_upload
+from tests.e2e.pump_scenarios import (
+    abor_during_download,
+    abor_during_upload,
+    prepare_abor,
+    truncated_upload,
+)
 from tests.edge.harness import EdgeSetup
+from tests.hardening.helpers import temporaries
 
 BIG = 24 * 1024 * 1024 + 5  # several queue limits, not a multiple of a record or frame
 
@@ -77,6 +83,23 @@ class EdgePumpTests(TestCase):
 
     def test_abor_during_download_tls13(self) -> Any:
         return self.abor_download("1.3")
+
+    @defer.inlineCallbacks
+    def abor_upload(self, version: str) -> Any:
+        home = self.setup.server.home()
+        (home / "keep.bin").write_bytes(b"previous version")
+        replies = yield in_thread(lambda: abor_during_upload(self.setup.ftps(version=version)))
+        self.assertEqual(replies, ["426226", "226 Transfer complete", "200"])
+        self.assertEqual((home / "keep.bin").read_bytes(), b"previous version")
+        self.assertEqual((home / "after.txt").read_bytes(), b"after ABOR")
+        self.assertEqual(temporaries(home), [])
+        self.assertEqual(self.handed_off("receive"), 1)  # after.txt: below PUMP_AFTER
+
+    def test_abor_during_upload_tls12(self) -> Any:
+        return self.abor_upload("1.2")
+
+    def test_abor_during_upload_tls13(self) -> Any:
+        return self.abor_upload("1.3")
 
     @defer.inlineCallbacks
     def truncated_upload(self, version: str) -> Any:
