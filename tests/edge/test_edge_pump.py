@@ -4,9 +4,11 @@ both ways, ABOR of a download, an upload cut without close_notify (426)."""
 
 from __future__ import annotations
 
+import ftplib
 import hashlib
 import io
 import os
+import time
 from typing import Any
 
 from twisted.internet import defer
@@ -118,3 +120,42 @@ class EdgePumpTests(TestCase):
 
     def test_truncated_upload_tls13(self) -> Any:
         return self.truncated_upload("1.3")
+
+
+class EdgeStalledDownloadTests(TestCase):
+    """data_timeout through an edge: a client that stops reading a protected download gets
+    426 (the server's watchdog aborts the relayed connection), and the session goes on."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def stalled(self, version: str) -> Any:
+        setup = EdgeSetup(self, extra_server="data_timeout = 1")
+        yield setup.start()
+        with open(setup.server.home() / "big.bin", "wb") as handle:
+            handle.truncate(256 * 1024 * 1024)
+
+        def session() -> list[str]:
+            ftp = setup.ftps(version=version)
+            connection = ftp.transfercmd("RETR big.bin")
+            connection.recv(65536)
+            time.sleep(3)  # read nothing more: the server's watchdog sees no byte move
+            try:
+                reply = ftp.voidresp()
+            except ftplib.Error as error:
+                reply = str(error)
+            connection.close()
+            noop = ftp.sendcmd("NOOP")
+            ftp.quit()
+            return [reply, noop]
+
+        reply, noop = yield in_thread(session)
+        self.assertTrue(reply.startswith("426"), reply)
+        self.assertIn("timed out", reply)
+        self.assertEqual(noop[:3], "200")
+
+    def test_data_timeout_tls12(self) -> Any:
+        return self.stalled("1.2")
+
+    def test_data_timeout_tls13(self) -> Any:
+        return self.stalled("1.3")
