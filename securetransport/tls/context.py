@@ -267,13 +267,15 @@ class _SessionKeys:
 
     def __init__(self) -> None:
         self._control_claimed = False
-        self._pinned: set[bytes] = set()
-        self._recent: dict[bytes, None] = {}  # insertion-ordered: LRU
+        # A tuple (usually of one key: the control connection's) and a dict made only when
+        # a data connection brings a key: an idle session's memory counts.
+        self._pinned: tuple[bytes, ...] = ()
+        self._recent: dict[bytes, None] | None = None  # insertion-ordered: LRU
 
     def _known(self, digest: bytes) -> bool:
         if digest in self._pinned:
             return True
-        if digest in self._recent:
+        if self._recent is not None and digest in self._recent:
             del self._recent[digest]
             self._recent[digest] = None
             return True
@@ -281,8 +283,12 @@ class _SessionKeys:
 
     def _remember(self, digest: bytes, pinned: bool) -> None:
         if pinned:
-            self._pinned.add(digest)
-        elif digest not in self._pinned and digest not in self._recent:
+            if digest not in self._pinned:
+                self._pinned += (digest,)
+            return
+        if self._recent is None:
+            self._recent = {}
+        if digest not in self._pinned and digest not in self._recent:
             self._recent[digest] = None
             if len(self._recent) > MAX_REMEMBERED_KEYS:
                 del self._recent[next(iter(self._recent))]
