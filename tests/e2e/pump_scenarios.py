@@ -57,6 +57,23 @@ def abor_during_upload(ftp: ftplib.FTP_TLS) -> list[Any]:
     return [first[:3] + second[:3], after, noop[:3]]
 
 
+def stalled_download(ftp: ftplib.FTP_TLS) -> list[str]:
+    """RETR big.bin, read 64 KiB, then nothing for 3 s (the server's data_timeout, 1 s,
+    sees no byte move), then NOOP: [the transfer's final reply, NOOP's reply]; expected
+    a 426 that says "timed out", then 200."""
+    connection = ftp.transfercmd("RETR big.bin")
+    connection.recv(65536)
+    time.sleep(3)
+    try:
+        reply = ftp.voidresp()
+    except ftplib.Error as error:
+        reply = str(error)
+    connection.close()
+    noop = ftp.sendcmd("NOOP")
+    ftp.quit()
+    return [reply, noop]
+
+
 def truncated_upload(ftp: ftplib.FTP_TLS) -> list[str]:
     """STOR keep.bin of 4 MB ended by a FIN without close_notify, then a clean STOR of
     clean.bin (3 MB of b"y"): [the first reply, the second]."""

@@ -6,11 +6,9 @@ the socket (`TLSPump.handed_off`), and what the client and the disk got (SHA-256
 
 from __future__ import annotations
 
-import ftplib
 import hashlib
 import io
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from tests.e2e.pump_scenarios import (
     abor_during_download,
     abor_during_upload,
     prepare_abor,
+    stalled_download,
     truncated_upload,
 )
 from tests.hardening.helpers import temporaries
@@ -172,21 +171,7 @@ class FastPathTests(TestCase):
         with open(server.home() / "big.bin", "wb") as handle:
             handle.truncate(256 * 1024 * 1024)
 
-        def session() -> list[str]:
-            ftp = ftps_login(server, version)
-            connection = ftp.transfercmd("RETR big.bin")
-            connection.recv(65536)
-            time.sleep(3)  # read nothing more: the watchdog sees no byte move
-            try:
-                reply = ftp.voidresp()
-            except ftplib.Error as error:
-                reply = str(error)
-            connection.close()
-            noop = ftp.sendcmd("NOOP")
-            ftp.quit()
-            return [reply, noop]
-
-        reply, noop = yield in_thread(session)
+        reply, noop = yield in_thread(lambda: stalled_download(ftps_login(server, version)))
         self.assertEqual(reply_code(reply), "426")
         self.assertIn("timed out", reply)
         self.assertEqual(noop[:3], "200")

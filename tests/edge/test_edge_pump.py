@@ -4,11 +4,9 @@ both ways, ABOR of a download, an upload cut without close_notify (426)."""
 
 from __future__ import annotations
 
-import ftplib
 import hashlib
 import io
 import os
-import time
 from typing import Any
 
 from twisted.internet import defer
@@ -20,6 +18,7 @@ from tests.e2e.pump_scenarios import (
     abor_during_download,
     abor_during_upload,
     prepare_abor,
+    stalled_download,
     truncated_upload,
 )
 from tests.edge.harness import EdgeSetup
@@ -135,21 +134,7 @@ class EdgeStalledDownloadTests(TestCase):
         with open(setup.server.home() / "big.bin", "wb") as handle:
             handle.truncate(256 * 1024 * 1024)
 
-        def session() -> list[str]:
-            ftp = setup.ftps(version=version)
-            connection = ftp.transfercmd("RETR big.bin")
-            connection.recv(65536)
-            time.sleep(3)  # read nothing more: the server's watchdog sees no byte move
-            try:
-                reply = ftp.voidresp()
-            except ftplib.Error as error:
-                reply = str(error)
-            connection.close()
-            noop = ftp.sendcmd("NOOP")
-            ftp.quit()
-            return [reply, noop]
-
-        reply, noop = yield in_thread(session)
+        reply, noop = yield in_thread(lambda: stalled_download(setup.ftps(version=version)))
         self.assertTrue(reply.startswith("426"), reply)
         self.assertIn("timed out", reply)
         self.assertEqual(noop[:3], "200")

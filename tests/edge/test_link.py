@@ -168,23 +168,36 @@ class _Producer:
         pass
 
 
+def _no_settings() -> dict[str, Any]:
+    return {"settings": {}, "client_cas": []}
+
+
+def server_link(
+    case: SynchronousTestCase, transport: StringTransport, settings: Any = _no_settings
+) -> tuple[Any, Any]:
+    """A server's dialer (dialling nothing) and one link connection of it, up, on
+    `transport`; `settings()` is what the dialer pushes."""
+    from securetransport.edge.server_side import EdgeDialer, ServerLink
+
+    dialer = EdgeDialer(Clock(), None, _Edge(), None, settings)  # type: ignore[arg-type]
+    dialer.running = True
+    dialer.top_up = lambda: None  # type: ignore[method-assign]  # no dialling here
+    link = ServerLink(dialer)
+    link.makeConnection(transport)
+    link.handshakeCompleted()
+    case.addCleanup(link.connectionLost, None)
+    return dialer, link
+
+
 class LinkReuseTests(SynchronousTestCase):
     """A server's link connection goes back to the pool when its client connection ends."""
 
     settings: dict[str, Any]
 
     def connect(self) -> tuple[Any, Any, StringTransport]:
-        from securetransport.edge.server_side import EdgeDialer, ServerLink
-
         self.settings = {"settings": {}, "client_cas": []}
-        dialer = EdgeDialer(Clock(), None, _Edge(), None, lambda: dict(self.settings))  # type: ignore[arg-type]
-        dialer.running = True
-        dialer.top_up = lambda: None  # type: ignore[method-assign]  # no dialling here
-        link = ServerLink(dialer)
         transport = StringTransport()
-        link.makeConnection(transport)
-        link.handshakeCompleted()
-        self.addCleanup(link.connectionLost, None)
+        dialer, link = server_link(self, transport, lambda: dict(self.settings))
         self.assertEqual(dialer.idle, {link})
         transport.clear()
         return dialer, link, transport
@@ -321,16 +334,10 @@ class RelayedDownloadEndTests(SynchronousTestCase):
     link outlived ABOR, and the session served no command after it."""
 
     def relayed(self) -> tuple[Any, Any, StringTransport]:
-        from securetransport.edge.server_side import EdgeDialer, RelayedDataChannel, ServerLink
+        from securetransport.edge.server_side import RelayedDataChannel
 
-        dialer = EdgeDialer(Clock(), None, _Edge(), None, lambda: {"settings": {}})  # type: ignore[arg-type]
-        dialer.running = True
-        dialer.top_up = lambda: None  # type: ignore[method-assign]  # no dialling here
-        link = ServerLink(dialer)
         transport = _TLSLikeTransport()
-        link.makeConnection(transport)
-        link.handshakeCompleted()
-        self.addCleanup(link.connectionLost, None)
+        dialer, link = server_link(self, transport)
         channel = RelayedDataChannel(
             dialer.reactor, "127.0.0.1", None, lambda *a: None, 30, None, "t1"
         )
