@@ -6,7 +6,8 @@ edge must give what the server gives: a stalled upload (data_timeout), a control
 connection dropped in the middle of a download or an upload (the session ends, its data
 connection is cut, no temporary is left), QUIT during a download or an upload (226 then
 221), a data connection reset in the middle of a download, ABOR after PASV with no
-transfer. Every client socket has a 15 s timeout.
+transfer, with or without the data connection made. Every client socket has a 15 s
+timeout.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
+from twisted.internet import reactor as _reactor
 from twisted.trial.unittest import TestCase
 
 from tests.e2e.ftps_clients import ftps_login
@@ -34,6 +36,7 @@ BIG_SPARSE = 256 * 1024 * 1024 + 7  # far more than the buffers on the way hold
 QUIT_FILE = 24 * 1024 * 1024 + 5
 PREVIOUS = b"previous version"
 WHERE = ("direct", "edge")
+REACTOR: Any = _reactor
 
 
 def tls(sock: socket.socket | None) -> ssl.SSLSocket:
@@ -370,3 +373,75 @@ class TransferEndTests(TestCase):
 
     def test_data_dropped_during_download_tls13(self) -> Any:
         return self.check_data_dropped_during_download("1.3")
+
+    def abor_after_connect(self, where: str, version: str) -> list[Any]:
+        """PASV, the data connection made (TCP, no command yet), then ABOR: the server
+        closes that connection and the session goes on."""
+        ftp = self.login(where, version)
+        host, port = ftplib.parse227(ftp.sendcmd("PASV"))
+        raw = socket.create_connection((host, port), timeout=TIMEOUT)
+        time.sleep(0.2)  # accepted (by the server, or by the edge)
+        abor = ftp.sendcmd("ABOR")
+        cut = cut_by_peer(raw, sending=False, limit=3)  # the server: at once
+        raw.close()
+        back = bytearray()
+        stored = ftp.storbinary("STOR after.txt", io.BytesIO(b"after ABOR"))
+        retrieved = ftp.retrbinary("RETR after.txt", back.extend)
+        noop = ftp.sendcmd("NOOP")
+        ftp.quit()
+        return [abor, cut, stored, retrieved, bytes(back), noop[:3]]
+
+    @defer.inlineCallbacks
+    def check_abor_after_connect(self, version: str) -> Any:
+        yield self.start()
+        result = yield self.both(version, self.abor_after_connect)
+        self.assertIn(result[0][:3], ("225", "226"))
+        self.assertEqual(
+            result[1:], [True] + ["226 Transfer complete"] * 2 + [b"after ABOR", "200"]
+        )
+
+    def test_abor_after_connect_tls12(self) -> Any:
+        return self.check_abor_after_connect("1.2")
+
+    def test_abor_after_connect_tls13(self) -> Any:
+        return self.check_abor_after_connect("1.3")
+
+    @defer.inlineCallbacks
+    def test_abor_while_the_edge_waits_for_a_link(self) -> Any:
+        """The edge only: ABOR while a protected data connection, handshake done, waits at
+        the edge for a link connection (the pool is empty). The edge closes it, and the
+        link that comes next goes back to the pool instead of carrying a relay the server
+        has already forgotten."""
+        yield self.start()
+        edge = self.setup.edge
+
+        def take_idle() -> list[Any]:
+            taken, edge.idle[:] = list(edge.idle), []
+            return taken
+
+        def give_back(links: list[Any]) -> list[int]:
+            for link in links:
+                edge.link_ready(link)
+            return [len(edge.waiting), len(edge.idle)]
+
+        def session() -> list[Any]:
+            ftp = self.login("edge", "1.3")
+            taken = threads.blockingCallFromThread(REACTOR, take_idle)
+            host, port = ftplib.parse227(ftp.sendcmd("PASV"))
+            raw = socket.create_connection((host, port), timeout=TIMEOUT)
+            session = tls(ftp.sock).session
+            data = ftp.context.wrap_socket(raw, server_hostname=host, session=session)
+            waiting = wait_for(lambda: len(edge.waiting) == 1)
+            abor = ftp.sendcmd("ABOR")
+            # Within 3 s: before the edge's own LINK_WAIT (5 s) would give up the wait.
+            cut = cut_by_peer(data, sending=False, limit=3)
+            data.close()
+            after = threads.blockingCallFromThread(REACTOR, give_back, taken)
+            listing = ftp.nlst()
+            ftp.quit()
+            return [len(taken) > 0, waiting, abor[:3], cut, after == [0, len(taken)], listing]
+
+        result = yield in_thread(session)
+        self.assertEqual(result, [True, True, "225", True, True, []])
+        yield in_thread(wait_for, self.no_session_left)
+        self.assertTrue(self.no_session_left())
