@@ -364,6 +364,7 @@ class EdgePassive:
         self.token = token
         self.info: HandshakeInfo | None = None
         self.data: EdgeData | None = None
+        self.dropped = False  # the server dropped the set-up (UNLISTEN) before any relay
         edge = control.edge
         tls: DataTLS | None = None
         if reuse is not None:
@@ -414,6 +415,10 @@ class EdgePassive:
         self.control.edge.request_link(lambda link: self._relay(connection, link))
 
     def _relay(self, connection: DataConnection, link: EdgeLink | None) -> None:
+        if self.dropped:  # while waiting for a link: the server no longer wants it
+            if link is not None:
+                self.control.edge.link_ready(link)
+            return
         if link is None:
             connection.abort()
             return
@@ -430,8 +435,8 @@ class EdgePassive:
         """The set-up failed at the edge: tell the server as a local one would learn it."""
         self.control.passive.pop(self.token, None)
         error = failure.value
-        if not isinstance(error, DataError):
-            return
+        if not isinstance(error, DataError) or self.dropped:
+            return  # dropped: the server has forgotten the set-up, nothing to report
         if self.channel.connection is None:
             if self.port == 0 and self.control.link is not None:  # PORT/EPRT: no connection
                 self.control.link.send_json(
@@ -454,9 +459,13 @@ class EdgePassive:
         self.channel._stop_listening()
 
     def drop(self) -> None:
-        """Stop listening; a data connection not accepted yet never will be."""
+        """UNLISTEN: the server took the relay, or dropped the set-up (ABOR, another
+        PASV, its timeout). Stop listening; a data connection accepted here and not
+        relayed yet (its TLS handshake under way, or waiting for a link) is closed, as the
+        server closes one of its own; a relayed one the server ends through its link."""
         self.channel._stop_listening()
-        if self.channel.connection is None:
+        if self.data is None:
+            self.dropped = True
             self.control.passive.pop(self.token, None)
             self.channel.close()
 
