@@ -345,6 +345,7 @@ class DataChannel:
         self._waiter: Deferred[DataConnection] | None = None
         self._timer: IDelayedCall | None = None
         self._connect_error: DataError | None = None
+        self._connector: Any = None  # active: the connect under way (IConnector)
         self.direction: str | None = None
 
     # -- set-up ------------------------------------------------------------------------------
@@ -413,7 +414,7 @@ class DataChannel:
         if self.active_target is not None and self.connection is None:
             host, port, bind_host = self.active_target
             try:
-                self.reactor.connectTCP(
+                self._connector = self.reactor.connectTCP(
                     host,
                     port,
                     _ActiveFactory(self),
@@ -464,10 +465,19 @@ class DataChannel:
         self._timer = None
 
     def close(self) -> None:
-        """Drop the set-up: stop listening, abort any connection, fail a pending open()."""
+        """Drop the set-up: stop listening or connecting, abort any connection, fail a
+        pending open()."""
         self._cancel_timer()
         self._deliver_error(DataError(Reply.TRANSFER_ABORTED, "Transfer aborted"))
         self._stop_listening()
+        connector, self._connector = self._connector, None
+        if connector is not None and self.connection is None:
+            # Active, the connect still under way (the client's SYN queue full, a slow
+            # network): it would otherwise make a data connection nobody wants.
+            try:
+                connector.stopConnecting()
+            except netError.NotConnectingError:
+                pass  # it has failed already
         if self.connection is not None:
             self.connection.abort()
         self.active_target = None

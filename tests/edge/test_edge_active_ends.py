@@ -320,6 +320,73 @@ class ActiveTransferEndTests(TestCase):
     def test_port_to_nothing_tls13(self) -> Any:
         return self.check_port_to_nothing("1.3")
 
+    # 7 ------------------------------------------- ABOR while the connection is made
+
+    def abor_while_connecting(self, where: str, version: str) -> list[Any]:
+        """RETR after PORT to a listener whose accept queue is full (its SYNs are dropped,
+        the connect hangs), then ABOR: once the queue has room again, nothing connects,
+        or what does is cut at once: no data connection outlives the aborted set-up."""
+        listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+        fillers = []
+        try:
+            for _ in range(4):  # until a connect hangs: the queue is full
+                filler = socket.socket()
+                filler.settimeout(0.5)
+                fillers.append(filler)
+                try:
+                    filler.connect(listener.getsockname())
+                except TimeoutError:
+                    break
+            ftp = self.login(where, version)
+            ftp.sendport(*listener.getsockname())
+            ftp.putcmd("RETR small.txt")
+            opening = ftp.getline()
+            time.sleep(0.3)  # the server (or the edge) is connecting
+            ftp.putcmd("ABOR")
+            replies = replies_until_final(ftp) + replies_until_final(ftp)
+            for filler in fillers:
+                filler.close()
+            listener.settimeout(0.2)
+            for _ in range(8):  # the queued fillers out of the way
+                try:
+                    listener.accept()[0].close()
+                except TimeoutError:
+                    break
+            listener.settimeout(5)  # past the next two SYN retransmits
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                left_open = False
+            else:
+                left_open = not cut_by_peer(conn, sending=False, limit=3)
+                conn.close()
+        finally:
+            listener.close()
+            for filler in fillers:
+                filler.close()
+        noop = ftp.sendcmd("NOOP")
+        small = bytearray()
+        retrieved = ftp.retrbinary("RETR small.txt", small.extend)
+        ftp.quit()
+        codes = [reply[:3] for reply in replies]
+        return [opening[:3], codes, left_open, noop[:3], retrieved, bytes(small)]
+
+    @defer.inlineCallbacks
+    def check_abor_while_connecting(self, version: str) -> Any:
+        yield self.start()
+        (self.home / "small.txt").write_bytes(b"after ABOR")
+        result = yield self.both(version, self.abor_while_connecting)
+        self.assertEqual(
+            result,
+            ["150", ["426", "226"], False, "200", "226 Transfer complete", b"after ABOR"],
+        )
+
+    def test_abor_while_connecting_tls12(self) -> Any:
+        return self.check_abor_while_connecting("1.2")
+
+    def test_abor_while_connecting_tls13(self) -> Any:
+        return self.check_abor_while_connecting("1.3")
+
     # 8 ------------------------------------------- ABOR during the data TLS handshake
 
     def abor_during_handshake(self, where: str, version: str) -> list[Any]:

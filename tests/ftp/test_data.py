@@ -182,6 +182,29 @@ class DataChannelTests(SynchronousTestCase):
         self.assertEqual(len(seen), 1)
         self.assertEqual(seen[0][1].value.code, 425)
 
+    def test_close_stops_an_active_connect_under_way(self) -> None:
+        # ABOR (or the set-up's timeout, or the session's end) while the connect to the
+        # client is still under way: no data connection is made after it.
+        channel = DataChannel(self.clock, PEER, None, timeout=30)
+        channel.set_active(PEER, 51210, "127.0.0.1")
+        seen = outcome(channel.open())
+        connector = self.clock.connectors[0]
+        channel.close()
+        self.assertTrue(connector.stoppedConnecting)
+        self.assertEqual(seen[0][1].value.code, 426)
+
+    def test_close_after_the_active_connection_leaves_the_connector(self) -> None:
+        channel = DataChannel(self.clock, PEER, None, timeout=30)
+        channel.set_active(PEER, 51210, "127.0.0.1")
+        outcome(channel.open())
+        factory = self.clock.tcpClients[0][2]
+        connection = factory.buildProtocol(IPv4Address("TCP", PEER, 51210))
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        channel.close()
+        self.assertFalse(self.clock.connectors[0].stoppedConnecting)
+        self.assertTrue(transport.disconnected)  # aborted
+
 
 class DataConnectionTests(SynchronousTestCase):
     def tls(self, problem: str | None = None) -> tuple[DataTLS, list[Any]]:
