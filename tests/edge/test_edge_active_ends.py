@@ -22,31 +22,27 @@ import hashlib
 import io
 import socket
 import time
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.trial.unittest import TestCase
 
 from securetransport.edge.relay import PUMP_AFTER
-from tests.e2e.ftps_clients import ftps_login
-from tests.e2e.harness import in_thread, random_file
-from tests.edge.harness import EdgeSetup
-from tests.edge.test_edge_transfer_ends import (
+from tests.e2e.harness import random_file
+from tests.edge.parity import (
+    BIG_SPARSE,
+    PREVIOUS,
     TIMEOUT,
-    bounded,
+    ParityTestCase,
     cut_by_peer,
     drop,
+    read_some,
     reply_of,
     sha256,
     tls,
 )
 from tests.hardening.helpers import temporaries, wait_for
 
-BIG_SPARSE = 256 * 1024 * 1024 + 7  # far more than the buffers on the way hold
 PAYLOAD = 3 * 1024 * 1024 + 5  # past the edge's pump threshold, not a multiple of a record
-PREVIOUS = b"previous version"
-WHERE = ("direct", "edge")
 
 assert PAYLOAD > 4 * PUMP_AFTER
 
@@ -72,47 +68,9 @@ def closed_port() -> int:
     return port
 
 
-class ActiveTransferEndTests(TestCase):
-    timeout = 120
-
-    @defer.inlineCallbacks
-    def start(self, extra_server: str = "") -> Any:
-        self.setup = EdgeSetup(self, extra_server=extra_server)
-        yield self.setup.start()
-        self.server = self.setup.server
-        self.home = self.server.home()
-
-    def login(self, where: str, version: str) -> ftplib.FTP_TLS:
-        """A logged-in FTPS client (PROT P), in active mode, at the server itself or
-        through the edge."""
-        if where == "direct":
-            ftp = ftps_login(self.server, version)
-        else:
-            ftp = self.setup.ftps(version=version)
-        ftp.set_pasv(False)
-        return bounded(ftp)
-
-    def no_session_left(self) -> bool:
-        """No session at the server, and at the edge no client and no link in use."""
-        edge = self.setup.edge
-        return (
-            int(self.server.runtime.sessions.total) == 0
-            and not self.server.runtime.open_sessions
-            and not edge.clients
-            and len(edge.idle) == len(edge.links)
-        )
-
-    @defer.inlineCallbacks
-    def both(self, version: str, scenario: Callable[[str, str], Any]) -> Any:
-        """`scenario(where, version)` in a thread, directly then through the edge; the two
-        results must be equal, and every session must end; returns the direct one."""
-        results = {}
-        for where in WHERE:
-            results[where] = yield in_thread(scenario, where, version)
-            ended = yield in_thread(wait_for, self.no_session_left)
-            self.assertTrue(ended, f"a session was left open ({where})")
-        self.assertEqual(results["edge"], results["direct"])
-        return results["direct"]
+class ActiveTransferEndTests(ParityTestCase):
+    passive = False
+    sessions_end_between = True
 
     # 1 ---------------------------------------------------------- download and upload
 
@@ -147,12 +105,7 @@ class ActiveTransferEndTests(TestCase):
     def abor_download(self, where: str, version: str) -> list[Any]:
         ftp = self.login(where, version)
         conn = ftp.transfercmd("RETR big.bin")
-        received = 0
-        while received < 2 * 1024 * 1024:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            received += len(chunk)
+        received = read_some(conn, 2 * 1024 * 1024)
         ftp.putcmd("ABOR")
         first, second = ftp.getline(), ftp.getline()
         cut = cut_by_peer(conn, sending=False)  # the server ended the data connection
@@ -436,12 +389,7 @@ class ActiveTransferEndTests(TestCase):
         ends, its data connection is cut, and a new session downloads."""
         ftp = self.login(where, version)
         conn = ftp.transfercmd("RETR big.bin")
-        received = 0
-        while received < 2 * 1024 * 1024:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            received += len(chunk)
+        received = read_some(conn, 2 * 1024 * 1024)
         drop(tls(ftp.sock), ftp)  # the data connection stays open, unread
         try:
             ended = wait_for(self.no_session_left, limit=5)

@@ -16,120 +16,33 @@ import ftplib
 import hashlib
 import io
 import socket
-import ssl
-import struct
 import time
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, threads
 from twisted.internet import reactor as _reactor
-from twisted.trial.unittest import TestCase
 
-from tests.e2e.ftps_clients import ftps_login
 from tests.e2e.harness import in_thread, random_file
-from tests.edge.harness import EdgeSetup
+from tests.edge.parity import (
+    BIG_SPARSE,
+    PREVIOUS,
+    TIMEOUT,
+    ParityTestCase,
+    cut_by_peer,
+    drop,
+    read_some,
+    reply_of,
+    sha256,
+    tls,
+)
 from tests.hardening.helpers import temporaries, wait_for
 
-TIMEOUT = 15.0  # every client socket
-BIG_SPARSE = 256 * 1024 * 1024 + 7  # far more than the buffers on the way hold
 QUIT_FILE = 24 * 1024 * 1024 + 5
-PREVIOUS = b"previous version"
-WHERE = ("direct", "edge")
 REACTOR: Any = _reactor
 
 
-def tls(sock: socket.socket | None) -> ssl.SSLSocket:
-    """A client socket that is TLS (the control connection, a protected data connection)."""
-    assert isinstance(sock, ssl.SSLSocket), sock
-    return sock
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def bounded(ftp: ftplib.FTP_TLS) -> ftplib.FTP_TLS:
-    """`ftp` with TIMEOUT on its control socket and on the data connections it opens."""
-    ftp.timeout = TIMEOUT
-    tls(ftp.sock).settimeout(TIMEOUT)
-    return ftp
-
-
-def drop(sock: socket.socket, ftp: ftplib.FTP_TLS | None = None) -> None:
-    """Close `sock` abruptly: no close_notify, no QUIT, a RST instead of a FIN. For a
-    control socket, `ftp`'s reading file goes first: it holds the socket open."""
-    if ftp is not None and ftp.file is not None:
-        ftp.file.close()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    socket.socket.close(sock)  # the raw close: no TLS shutdown
-
-
-def cut_by_peer(conn: socket.socket, sending: bool, limit: float = 8) -> bool:
-    """Whether the other end closes or resets `conn` within `limit` seconds (reading,
-    or sending, what it still takes)."""
-    deadline = time.monotonic() + limit
-    conn.settimeout(0.5)
-    while time.monotonic() < deadline:
-        try:
-            if sending:
-                conn.send(b"z" * 65536)
-            elif not conn.recv(1 << 20):
-                return True
-        except TimeoutError:
-            continue
-        except OSError:  # reset, broken pipe, or a TLS record cut short
-            return True
-    return False
-
-
-def reply_of(ftp: ftplib.FTP_TLS) -> str:
-    try:
-        return ftp.voidresp()
-    except ftplib.Error as error:
-        return str(error)
-
-
-class TransferEndTests(TestCase):
-    timeout = 120
-
-    @defer.inlineCallbacks
-    def start(self, extra_server: str = "") -> Any:
-        self.setup = EdgeSetup(self, extra_server=extra_server)
-        yield self.setup.start()
-        self.server = self.setup.server
-        self.home = self.server.home()
-
-    def login(self, where: str, version: str) -> ftplib.FTP_TLS:
-        """A logged-in FTPS client (PROT P) at the server itself or through the edge."""
-        if where == "direct":
-            ftp = ftps_login(self.server, version)
-        else:
-            ftp = self.setup.ftps(version=version)
-        return bounded(ftp)
-
-    def sessions(self) -> int:
-        return int(self.server.runtime.sessions.total)
-
-    def no_session_left(self) -> bool:
-        """No session at the server, and at the edge no client and no link in use."""
-        edge = self.setup.edge
-        return (
-            self.sessions() == 0
-            and not self.server.runtime.open_sessions
-            and not edge.clients
-            and len(edge.idle) == len(edge.links)
-        )
-
-    @defer.inlineCallbacks
-    def both(self, version: str, scenario: Callable[[str, str], Any]) -> Any:
-        """`scenario(where, version)` in a thread, directly then through the edge; the two
-        results must be equal; returns the direct one."""
-        results = {}
-        for where in WHERE:
-            results[where] = yield in_thread(scenario, where, version)
-        self.assertEqual(results["edge"], results["direct"])
-        return results["direct"]
+class TransferEndTests(ParityTestCase):
+    """Passive mode (PASV): the edge listens for the client's data connections."""
 
     # 1 ------------------------------------------------------------------ stalled upload
 
@@ -179,12 +92,7 @@ class TransferEndTests(TestCase):
     def dropped_download(self, where: str, version: str) -> list[Any]:
         ftp = self.login(where, version)
         conn = ftp.transfercmd("RETR big.bin")
-        received = 0
-        while received < 2 * 1024 * 1024:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            received += len(chunk)
+        received = read_some(conn, 2 * 1024 * 1024)
         drop(tls(ftp.sock), ftp)  # the data connection stays open, unread
         try:
             after = self.after_drop(where, version)
@@ -345,12 +253,7 @@ class TransferEndTests(TestCase):
         """The client resets its data connection in the middle of a protected RETR."""
         ftp = self.login(where, version)
         conn = ftp.transfercmd("RETR big.bin")
-        received = 0
-        while received < 2 * 1024 * 1024:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            received += len(chunk)
+        read_some(conn, 2 * 1024 * 1024)
         drop(conn)
         reply = reply_of(ftp)
         small = bytearray()
